@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="sb_sphereface2",
+    version="0.1.0",
+    description="SphereFace2 binary-classification loss for SpeechBrain speaker verification",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["sb_sphereface2", "sb_sphereface2.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "speechbrain==1.1.2",
+        "torch>=2.7.1,<=2.14.1",
+        "torchaudio>=2.7.1,<=2.11.0",
+        "hyperpyyaml>=1.2.2",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "sentencepiece",
+        "soundfile>=0.12",
+        "matplotlib>=3.7",
+        "tqdm",
+    ],
+    license="Apache-2.0",
+)
