@@ -259,7 +259,8 @@ def flatten_outputs(outputs, targets, num_classes):
     """Validate SpeechBrain-shaped cosines and labels; return [B, C] float32 and [B] long.
 
     Accepts outputs [B, 1, C] (SpeechBrain's ECAPA ``Classifier``) or [B, C], and
-    targets [B, 1] or [B].
+    targets [B, 1] or [B]. Half-precision cosines are promoted to float32; float64
+    stays float64.
 
     Example
     -------
@@ -283,7 +284,7 @@ def flatten_outputs(outputs, targets, num_classes):
         )
     if targets.dtype.is_floating_point:
         raise ValueError(f"labels must be integers, got dtype {targets.dtype}")
-    cos = outputs.float()
+    cos = outputs if outputs.dtype == torch.float64 else outputs.float()
     targets = targets.long()
     # One host synchronisation for all three checks.
     low, high, finite = torch.stack(
@@ -406,7 +407,7 @@ class SphereFace2Loss(torch.nn.Module):
             return sphereface2_loss(
                 cos,
                 targets,
-                self.bias.float(),
+                self.bias.to(cos.dtype),
                 self.margin,
                 self.scale,
                 self.lambda_,

@@ -1,0 +1,262 @@
+"""SphereFace2 loss against an independent plain implementation written from SPEC §1."""
+
+import math
+
+import pytest
+import torch
+
+from sb_sphereface2 import SphereFace2Head, SphereFace2Loss, closed_form_bias
+
+
+# ---------------------------------------------------------------------------
+# Independent reference: element by element, float64, straight from the formulas.
+# ---------------------------------------------------------------------------
+def ref_g(x, t):
+    return 2.0 * ((x + 1.0) / 2.0) ** t - 1.0
+
+
+def ref_positive(c, m, t, kind):
+    theta = math.acos(max(-1.0, min(1.0, c)))
+    if kind == "C":
+        return ref_g(c, t) - m
+    if kind == "A":
+        if theta + m <= math.pi:
+            return ref_g(math.cos(theta + m), t)
+        return ref_g(c - (1 + math.cos(math.pi - m)), t)
+    k = math.floor(m * theta / math.pi)
+    return ref_g((-1) ** k * math.cos(m * theta) - 2 * k, t)
+
+
+def ref_negative(c, m, t, kind):
+    theta = math.acos(max(-1.0, min(1.0, c)))
+    if kind == "C":
+        return ref_g(c, t) + m
+    if kind == "A":
+        return ref_g(math.cos(max(theta - m, 0.0)), t)
+    return ref_g(c, t)
+
+
+def ref_softplus(x):
+    return math.log1p(math.exp(-abs(x))) + max(x, 0.0)
+
+
+def reference_loss(cos, labels, bias, margin, scale, lam, t, kind):
+    total = 0.0
+    for i, row in enumerate(cos.tolist()):
+        y = int(labels[i])
+        for j, c in enumerate(row):
+            if j == y:
+                total += lam * ref_softplus(-(scale * ref_positive(c, margin, t, kind) + bias))
+            else:
+                total += (1 - lam) * ref_softplus(scale * ref_negative(c, margin, t, kind) + bias)
+    return total / len(labels)
+
+
+def reference_gradient(cos, labels, bias, margin, scale, lam, t, kind, detach, h=1e-6):
+    """Central finite differences of the reference (or the plain s*c gradient when detached)."""
+    grad = torch.zeros_like(cos)
+    flat = cos.clone()
+    for idx in range(cos.numel()):
+        i, j = divmod(idx, cos.shape[1])
+        y = int(labels[i])
+        if detach:
+            c = cos[i, j].item()
+            if j == y:
+                z = scale * ref_positive(c, margin, t, kind) + bias
+                grad[i, j] = -lam * scale * torch.sigmoid(torch.tensor(-z)).item()
+            else:
+                z = scale * ref_negative(c, margin, t, kind) + bias
+                grad[i, j] = (1 - lam) * scale * torch.sigmoid(torch.tensor(z)).item()
+            grad[i, j] /= len(labels)
+            continue
+        plus, minus = flat.clone(), flat.clone()
+        plus[i, j] += h
+        minus[i, j] -= h
+        f_plus = reference_loss(plus, labels, bias, margin, scale, lam, t, kind)
+        f_minus = reference_loss(minus, labels, bias, margin, scale, lam, t, kind)
+        grad[i, j] = (f_plus - f_minus) / (2 * h)
+    return grad
+
+
+SETTINGS = [("C", 0.2), ("A", 0.15), ("M", 1.7)]
+
+
+@pytest.mark.parametrize("kind,margin", SETTINGS)
+@pytest.mark.parametrize("detach", [False, True])
+def test_matches_independent_reference(kind, margin, detach):
+    torch.manual_seed(0)
+    B, C = 5, 7
+    # Keep cosines away from +-1 and from the kinks of the piecewise definitions.
+    cos = (torch.rand(B, C, dtype=torch.float64) * 1.8 - 0.9).requires_grad_()
+    labels = torch.randint(0, C, (B,))
+    loss_fn = SphereFace2Loss(
+        C, scale=16.0, margin=margin, margin_type=kind, bias_init=1.5, detach_adjustment=detach
+    ).double()
+    loss = loss_fn(cos.unsqueeze(1), labels.unsqueeze(1))
+    loss.backward()
+
+    expected = reference_loss(cos.detach(), labels, 1.5, margin, 16.0, 0.7, 3.0, kind)
+    assert loss.item() == pytest.approx(expected, rel=1e-10)
+    grad = reference_gradient(cos.detach(), labels, 1.5, margin, 16.0, 0.7, 3.0, kind, detach)
+    torch.testing.assert_close(cos.grad, grad, rtol=1e-5, atol=1e-7)
+
+
+def test_bias_gradient_matches_reference():
+    torch.manual_seed(1)
+    cos = torch.rand(4, 6, dtype=torch.float64) * 2 - 1
+    labels = torch.randint(0, 6, (4,))
+    loss_fn = SphereFace2Loss(6, bias_init=-2.0).double()
+    loss_fn(cos, labels).backward()
+    h = 1e-6
+    f = lambda b: reference_loss(cos, labels, b, 0.2, 32.0, 0.7, 3.0, "C")  # noqa: E731
+    assert loss_fn.bias.grad.item() == pytest.approx((f(-2.0 + h) - f(-2.0 - h)) / (2 * h), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind,margin", SETTINGS)
+def test_gradcheck_float64(kind, margin):
+    """gradcheck compares with finite differences, so it applies to the differentiated
+    form only; the detached form is checked against its own reference above."""
+    torch.manual_seed(2)
+    cos = (torch.rand(3, 5, dtype=torch.float64) * 1.8 - 0.9).requires_grad_()
+    labels = torch.tensor([0, 2, 4])
+    loss_fn = SphereFace2Loss(
+        5, scale=8.0, margin=margin, margin_type=kind, bias_init=0.5
+    ).double()
+    assert torch.autograd.gradcheck(lambda c, b: _loss_with_bias(loss_fn, c, b, labels),
+                                    (cos, loss_fn.bias.detach().clone().requires_grad_()))
+
+
+def _loss_with_bias(loss_fn, cos, bias, labels):
+    from sb_sphereface2.sphereface2 import sphereface2_loss
+
+    return sphereface2_loss(cos, labels, bias, loss_fn.margin, loss_fn.scale, loss_fn.lambda_,
+                            loss_fn.t, loss_fn.margin_type, loss_fn.detach_adjustment)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind,margin", SETTINGS)
+def test_finite_under_autocast_at_extremes(dtype, kind, margin):
+    """Cosines exactly at +-1 and a large bias: loss and gradients stay finite."""
+    head = SphereFace2Head(8, 6)
+    loss_fn = SphereFace2Loss(6, margin=margin, margin_type=kind, bias_init=15.0)
+    emb = torch.randn(4, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=dtype):
+        cos = head(emb)
+        # Force exact +-1 cosines in the low-precision dtype.
+        extremes = torch.tensor([1.0, -1.0, 1.0, -1.0, 0.0, 1.0]).to(cos.dtype)
+        cos = cos * 0 + extremes
+        loss = loss_fn(cos, torch.tensor([0, 1, 2, 3]))
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(loss_fn.bias.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_finite_under_autocast_random_with_closed_form_bias(dtype):
+    torch.manual_seed(3)
+    head = SphereFace2Head(32, 500)
+    loss_fn = SphereFace2Loss(500)
+    emb = torch.randn(16, 32, requires_grad=True)
+    with torch.autocast("cpu", dtype=dtype):
+        loss = loss_fn(head(emb), torch.randint(0, 500, (16,)))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(emb.grad).all()
+    assert torch.isfinite(head.weight.grad).all()
+
+
+def test_closed_form_bias_worked_values():
+    assert closed_form_bias(17982, 32.0, 0.2) == pytest.approx(8.65, abs=0.005)
+    assert closed_form_bias(5994, 32.0, 0.2) == pytest.approx(9.75, abs=0.005)
+    loss_fn = SphereFace2Loss(17982, scale=32.0, margin=0.2)
+    assert loss_fn.bias.item() == pytest.approx(8.65, abs=0.005)
+
+
+@pytest.mark.parametrize("kind,margin", SETTINGS)
+def test_closed_form_bias_balances_initial_loss(kind, margin):
+    """At cosine 0 the positive and negative gradients of the loss balance the bias:
+    dL/db = 0 by construction (up to the float32 rounding of the stored bias), while
+    a zero bias is far from balanced."""
+    C = 1000
+    cos = torch.zeros(2, C, dtype=torch.float64)
+    grads = []
+    for bias_init in ("closed_form", 0.0):
+        loss_fn = SphereFace2Loss(C, margin=margin, margin_type=kind, bias_init=bias_init).double()
+        loss_fn(cos, torch.tensor([0, 1])).backward()
+        grads.append(abs(loss_fn.bias.grad.item()))
+    assert grads[0] < 1e-5
+    assert grads[1] > 0.1
+
+
+def test_accepts_speechbrain_classifier_output():
+    from speechbrain.lobes.models.ECAPA_TDNN import Classifier
+
+    classifier = Classifier(input_size=16, lin_neurons=16, out_neurons=9)
+    loss_fn = SphereFace2Loss(9)
+    emb = torch.randn(4, 1, 16)
+    loss = loss_fn(classifier(emb), torch.tensor([[1], [2], [3], [4]]), torch.ones(4))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert classifier.weight.grad is not None
+
+
+def test_head_matches_speechbrain_classifier_weights():
+    from speechbrain.lobes.models.ECAPA_TDNN import Classifier
+
+    classifier = Classifier(input_size=16, lin_neurons=16, out_neurons=9)
+    head = SphereFace2Head(16, 9)
+    head.load_state_dict(classifier.state_dict())
+    emb = torch.randn(3, 1, 16)
+    torch.testing.assert_close(head(emb), classifier(emb))
+    torch.testing.assert_close(head(emb.squeeze(1)), classifier(emb))
+
+
+def test_training_logits():
+    loss_fn = SphereFace2Loss(3, scale=10.0, margin=0.2)
+    cos = torch.tensor([[[0.5, 0.4, 0.0]]])
+    out = loss_fn.training_logits(cos, torch.tensor([[0]]))
+    torch.testing.assert_close(out, torch.tensor([[[3.0, 4.0, 0.0]]]))
+
+
+def test_margin_is_settable():
+    loss_fn = SphereFace2Loss(4, margin=0.0)
+    cos = torch.rand(2, 4) * 2 - 1
+    labels = torch.tensor([0, 1])
+    before = loss_fn(cos, labels).item()
+    loss_fn.margin = 0.3
+    assert loss_fn(cos, labels).item() > before
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        (dict(num_classes=10, lambda_=1.0), "lambda_"),
+        (dict(num_classes=10, lambda_=0.0), "lambda_"),
+        (dict(num_classes=10, t=0.5), "t must be"),
+        (dict(num_classes=10, margin_type="X"), "margin_type"),
+        (dict(num_classes=1), "num_classes"),
+        (dict(num_classes=10, margin_type="M", margin=0.4), "multiplier"),
+        (dict(num_classes=10, margin=float("nan")), "finite"),
+        (dict(num_classes=10, bias_init="zero"), "bias_init"),
+    ],
+)
+def test_bad_hparams_raise(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        SphereFace2Loss(**kwargs)
+
+
+def test_bad_inputs_raise():
+    loss_fn = SphereFace2Loss(5)
+    cos = torch.zeros(2, 1, 5)
+    with pytest.raises(ValueError, match="labels must be in"):
+        loss_fn(cos, torch.tensor([[0], [5]]))
+    with pytest.raises(ValueError, match="labels must be in"):
+        loss_fn(cos, torch.tensor([[-1], [0]]))
+    with pytest.raises(ValueError, match="finite"):
+        loss_fn(torch.full((2, 1, 5), float("nan")), torch.tensor([[0], [1]]))
+    with pytest.raises(ValueError, match="shape"):
+        loss_fn(torch.zeros(2, 1, 4), torch.tensor([[0], [1]]))
+    with pytest.raises(ValueError, match="integers"):
+        loss_fn(cos, torch.tensor([[0.0], [1.0]]))
+    with pytest.raises(ValueError, match="margin"):
+        loss_fn.margin = "big"
