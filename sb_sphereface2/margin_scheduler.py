@@ -48,6 +48,8 @@ class MarginScheduler:
     >>> scheduler = MarginScheduler(final_margin=0.2, start_epoch=20, fix_epoch=40, ramp="linear")
     >>> scheduler(10.0), scheduler(30.0), scheduler(50.0)
     (0.0, 0.1, 0.2)
+    >>> MarginScheduler(final_margin=0.3, start_epoch=0, fix_epoch=0)(0.0)  # fixed margin
+    0.3
     >>> class Loss: margin = 0.0
     >>> loss = Loss()
     >>> scheduler.step(loss, epoch=31, batch_index=0, batches_per_epoch=100)
@@ -77,10 +79,10 @@ class MarginScheduler:
 
     def __call__(self, progress):
         """Margin after ``progress`` epochs (fractional)."""
-        if progress <= self.start_epoch:
-            return self.initial_margin
         if progress >= self.fix_epoch:
             return self.final_margin
+        if progress <= self.start_epoch:
+            return self.initial_margin
         p = (progress - self.start_epoch) / (self.fix_epoch - self.start_epoch)
         if self.ramp == "exp":
             p = 1 - 10 ** (-3 * p)
