@@ -89,7 +89,7 @@ def check_scores(scores, labels):
         if invalid.any():
             first = int(np.argmax(invalid))
             raise ValueError(
-                f"labels must be 0 or 1; index {first} holds {labels[first]!r}"
+                f"labels must be 0 or 1; index {first} holds {labels[first].item()!r}"
             )
         labels = labels == 1
     n_target = int(labels.sum())
