@@ -26,7 +26,7 @@ def _validate(path, ids, embeddings, speakers):
     if unique.size != len(ids):
         duplicated = unique[counts > 1]
         raise ValueError(
-            f"{path}: {duplicated.size} duplicate utterance IDs, e.g. {duplicated[0]!r}"
+            f"{path}: {duplicated.size} duplicate utterance IDs, e.g. {str(duplicated[0])!r}"
         )
     bad = ~np.isfinite(embeddings).all(axis=1)
     if bad.any():
