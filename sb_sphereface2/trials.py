@@ -53,6 +53,9 @@ class TrialList:
         Enrolment utterance IDs [N].
     test : list of str
         Test utterance IDs [N].
+    line_numbers : numpy.ndarray, optional
+        1-based line of each trial in the file it was read from (int64 [N]), so
+        that errors about a trial can name its line; None for lists built in code.
 
     Example
     -------
@@ -65,9 +68,23 @@ class TrialList:
     labels: np.ndarray
     enrol: list
     test: list
+    line_numbers: np.ndarray = None
 
     def __len__(self):
         return len(self.labels)
+
+    def line_of(self, index):
+        """Line number of trial ``index`` in its file (1-based), or, for a list
+        built in code, its 1-based position.
+
+        Example
+        -------
+        >>> TrialList("toy", np.array([1], dtype=np.int8), ["a/s/1"], ["a/s/2"]).line_of(0)
+        1
+        """
+        if self.line_numbers is None:
+            return int(index) + 1
+        return int(self.line_numbers[index])
 
     def utterances(self):
         """Sorted distinct utterance IDs named by the list."""
@@ -107,7 +124,7 @@ def read_trials(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"trial list not found: {path}")
-    labels, enrol, test = [], [], []
+    labels, enrol, test, numbers = [], [], [], []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             fields = line.split()
@@ -121,10 +138,13 @@ def read_trials(path):
             labels.append(int(fields[0]))
             enrol.append(utterance_id(fields[1]))
             test.append(utterance_id(fields[2]))
+            numbers.append(number)
     if not labels:
         raise ValueError(f"{path}: no trials")
     name = os.path.splitext(os.path.basename(path))[0]
-    return TrialList(name, np.asarray(labels, dtype=np.int8), enrol, test)
+    return TrialList(
+        name, np.asarray(labels, dtype=np.int8), enrol, test, np.asarray(numbers, dtype=np.int64)
+    )
 
 
 def write_trials(path, trials):
