@@ -12,6 +12,10 @@ document before hyperpyyaml loads it. Keys of the stage file override a block's 
 same name (fine-tuning changes the schedule of the model block this way). So one command-line
 override switches a block (``--model=ecapa_tdnn``, ``--loss=aam``) and a new model x loss
 combination needs no new file. A value ending in ``.yaml`` is taken as a path instead.
+
+A stage file may also start from another one with ``base: train.yaml`` (a path relative to
+it): the base is composed first and the stage's own keys override it (fine-tuning is
+training with a few keys changed).
 """
 
 import io
@@ -49,7 +53,7 @@ def _block_path(stage_file, kind, name):
 
 
 def compose_hparams_yaml(stage_file, overrides=None):
-    """One hyperpyyaml text from a stage file and the blocks it names.
+    """One hyperpyyaml text from a stage file, its base and the blocks it names.
 
     Arguments
     ---------
@@ -70,11 +74,45 @@ def compose_hparams_yaml(stage_file, overrides=None):
     >>> "AAMLoss" in text and "SphereFace2Loss" not in text
     True
     """
+    merged = _compose(stage_file, _as_mapping(overrides))
+    _flatten_aliases(merged)
+    out = io.StringIO()
+    _yaml().dump(merged, out)
+    return out.getvalue()
+
+
+def _flatten_aliases(tree):
+    """Replace top-level ``key: !ref <other>`` by ``other``'s plain value.
+
+    hyperpyyaml resolves references in document order and does not follow a reference
+    to a later key that is itself a reference; composition moves keys around (a stage
+    overrides a block's ``margin`` with ``!ref <lmf_margin>``), so such chains are
+    flattened here.
+    """
+    for _ in range(len(tree)):
+        changed = False
+        for key, value in tree.items():
+            tag = getattr(getattr(value, "tag", None), "value", None)
+            target = str(getattr(value, "value", ""))
+            if tag == "!ref" and target.startswith("<") and target.endswith(">"):
+                name = target[1:-1]
+                if name in tree and getattr(getattr(tree[name], "tag", None), "value", None) in (None, "!ref"):
+                    tree[key] = tree[name]
+                    changed = True
+        if not changed:
+            return
+
+
+def _compose(stage_file, overrides):
     if not os.path.isfile(stage_file):
         raise FileNotFoundError(f"hparams file not found: {stage_file}")
     with open(stage_file, encoding="utf-8") as handle:
         stage = _yaml().load(handle)
-    overrides = _as_mapping(overrides)
+    if "base" in stage:
+        merged = _compose(os.path.join(os.path.dirname(stage_file), stage.pop("base")), overrides)
+        for key, value in stage.items():
+            merged[key] = value
+        return merged
     merged = stage
     seen = {}
     for kind in BLOCK_KEYS:
@@ -91,9 +129,7 @@ def compose_hparams_yaml(stage_file, overrides=None):
                 raise ValueError(f"{path} and {seen[key]} both define {key!r}")
             seen[key] = path
             merged[key] = value
-    out = io.StringIO()
-    _yaml().dump(merged, out)
-    return out.getvalue()
+    return merged
 
 
 def _merge_overrides(overrides, extra):
