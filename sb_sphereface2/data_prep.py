@@ -47,7 +47,6 @@ from sb_sphereface2.atomic_files import (
     read_manifest,
     write_csv_atomic,
     write_manifest,
-    write_text_atomic,
 )
 from sb_sphereface2.trials import TrialList, read_trials, speaker_of, utterance_id, write_trials
 
@@ -99,6 +98,8 @@ def _one_line(error):
 def find_audio_files(data_folder):
     """All ``<speaker>/<session>/<utterance>.{wav,flac}`` files under one root.
 
+    Hidden files (names starting with ``.``, e.g. unfinished conversions) are ignored.
+
     Arguments
     ---------
     data_folder : str or os.PathLike
@@ -133,8 +134,8 @@ def find_audio_files(data_folder):
         subfolders.sort()
         depth = 0 if folder == root else os.path.relpath(folder, root).count(os.sep) + 1
         for name in names:
-            if os.path.splitext(name)[1].lower() not in AUDIO_EXTENSIONS:
-                continue
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in AUDIO_EXTENSIONS:
+                continue  # hidden files are temporary or system files
             if depth != 2:
                 elsewhere += 1
                 continue

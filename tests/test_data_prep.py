@@ -205,6 +205,7 @@ def test_several_roots_and_flac(tmp_path):
     soundfile.write(b / "idB" / "x" / "00001.wav", np.zeros(8000, np.float32), 16000)
     trials = tmp_path / "t.txt"
     trials.write_text("0 idB/x/00001.wav id00000/sess0/00000.wav\n")
+    (b / "idB" / "x" / ".00002.wav.part1.wav").write_bytes(b"unfinished conversion")  # hidden: ignored
     out = prepare_voxceleb([a, b], tmp_path / "save", trial_lists=[trials], dev_speakers=0)
     _, rows = read_csv(out["test_csv"])
     assert {r["ID"]: r["wav"].endswith(".flac") for r in rows} == {"idB/x/00001": False, "id00000/sess0/00000": True}

@@ -14,8 +14,9 @@
 # no half-written WAV is left behind. VoxCeleb2-dev is about 1.09 M files (~2,300 h): expect
 # hours, and ~300 GB of WAV.
 #
-# Needs ffmpeg (Debian: apt-get install -y ffmpeg). Not exercised by the test suite:
-# the project's machines have no ffmpeg and no VoxCeleb2.
+# Needs ffmpeg (Debian: apt-get install -y ffmpeg). Not exercised by the test suite: the
+# project's machines have no ffmpeg and no VoxCeleb2 (its file handling was checked by hand
+# with a stand-in ffmpeg).
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
@@ -33,7 +34,7 @@ convert_one() {
     local out="$dst/${rel%.m4a}.wav"
     [ -s "$out" ] && return 0
     mkdir -p "$(dirname "$out")"
-    local tmp="$out.part.$$.wav"
+    local tmp="$(dirname "$out")/.$(basename "$out").part$$.wav"  # hidden: prepare.py ignores it
     if ffmpeg -nostdin -loglevel error -y -i "$src/$rel" -ac 1 -ar 16000 -c:a pcm_s16le "$tmp"; then
         mv -f "$tmp" "$out"
     else
