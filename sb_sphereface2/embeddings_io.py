@@ -12,6 +12,9 @@ import zipfile
 
 import numpy as np
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 __all__ = ["save_embeddings", "load_embeddings"]
 
 
@@ -78,6 +81,7 @@ def save_embeddings(path, ids, embeddings, speakers=None):
     try:
         with os.fdopen(handle, "wb") as stream:
             np.savez(stream, **arrays)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -15,9 +15,12 @@ from scipy.stats import norm
 
 from sb_sphereface2.metrics import check_scores, compute_eer, det_curve
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 __all__ = ["thin_det_points", "plot_det", "plot_score_histogram"]
 
-_TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40]
+_TICKS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40]
 
 
 def _save(figure, path):
@@ -29,6 +32,7 @@ def _save(figure, path):
     try:
         FigureCanvasAgg(figure)
         figure.savefig(tmp, format="png", dpi=120)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -105,7 +109,7 @@ def plot_det(curves, path, title="DET curve"):
     labels_text = [f"{t:g}" for t in _TICKS]
     axes.set_xticks(ticks, labels_text, rotation=45)
     axes.set_yticks(ticks, labels_text)
-    limits = (norm.ppf(0.0005 / 100), norm.ppf(0.5))
+    limits = (norm.ppf(0.01 / 100), norm.ppf(0.5))
     axes.set_xlim(*limits)
     axes.set_ylim(*limits)
     axes.plot(limits, limits, ":", color="gray", linewidth=0.8)

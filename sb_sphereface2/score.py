@@ -77,7 +77,7 @@ def build_parser():
                         help="effective target prior of the calibration fit (default: 0.5)")
     parser.add_argument("--p-target", type=float, nargs="+", default=[0.01, 0.05],
                         help="target priors for minDCF/actual DCF (default: 0.01 0.05)")
-    parser.add_argument("--chunk-size", type=int, default=65536, help="trials scored at a time")
+    parser.add_argument("--chunk-size", type=int, default=16384, help="trials scored at a time")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     return parser

@@ -148,7 +148,7 @@ def score_trials(
     cohort=None,
     top_n=300,
     norm=None,
-    chunk_size=65536,
+    chunk_size=16384,
     cohort_chunk_size=4096,
     progress=False,
 ):
@@ -213,8 +213,9 @@ def score_trials(
             disable=not progress, unit="chunk",
         ):
             stop = start + chunk_size
-            pairs = units[enrol_local[start:stop]] * units[test_local[start:stop]]
-            scores[start:stop] = pairs.sum(dim=1).numpy()
+            enrol_units = units[enrol_local[start:stop]]
+            test_units = units[test_local[start:stop]]
+            scores[start:stop] = torch.einsum("ij,ij->i", enrol_units, test_units).numpy()
     if norm is None:
         return scores
     stats = cohort_statistics(
