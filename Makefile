@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test venv clean
+.PHONY: demo test venv clean
 
 venv: $(STAMP)
 
@@ -14,6 +14,12 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+DATA ?=
+OUT ?= demo_output
+demo: $(STAMP)
+	@command -v espeak-ng >/dev/null || [ -n "$(DATA)" ] || apt-get install -y -q espeak-ng >/dev/null
+	PY=$(abspath $(PY)) recipes/VoxCeleb/demo.sh "$(DATA)" "$(OUT)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
