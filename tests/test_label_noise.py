@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sb_sphereface2.label_noise import inject_class_noise, report_path
+from sb_sphereface2.label_noise import inject_class_noise, main, report_path
 
 FIELDS = ["ID", "duration", "wav", "start", "stop", "spk_id", "speed"]
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +130,7 @@ def test_choice_does_not_depend_on_row_order(train_csv, tmp_path):
     assert a["corrupted"] == b["corrupted"]
 
 
-def test_cli_and_one_line_errors(train_csv, tmp_path):
+def test_cli_and_one_line_errors(train_csv, tmp_path, capsys):
     path, _ = train_csv
     env = dict(os.environ, PYTHONPATH=str(REPO))
     command = [sys.executable, "-m", "sb_sphereface2.label_noise"]
@@ -140,12 +140,10 @@ def test_cli_and_one_line_errors(train_csv, tmp_path):
     )
     assert ok.returncode == 0, ok.stderr
     assert "corrupted 4 of 20 speakers" in ok.stdout
-    bad = subprocess.run(
-        command + [str(path), str(tmp_path / "bad.csv"), "--fraction", "1.5"],
-        capture_output=True, text=True, env=env,
-    )
-    assert bad.returncode == 2
-    assert bad.stderr.strip().count("\n") == 0 and "fraction" in bad.stderr
+    status = main([str(path), str(tmp_path / "bad.csv"), "--fraction", "1.5"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.strip().count("\n") == 0 and "fraction" in err
     assert not (tmp_path / "bad.csv").exists()
 
 
