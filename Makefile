@@ -18,10 +18,13 @@ $(STAMP): requirements.txt setup.py
 DATA ?=
 OUT ?= demo_output
 demo: $(STAMP)
-	@command -v espeak-ng >/dev/null || [ -n "$(DATA)" ] || apt-get install -y -q espeak-ng >/dev/null
+	@command -v espeak-ng >/dev/null || [ -n "$(DATA)" ] || apt-get install -y -q espeak-ng >/dev/null || \
+	    (apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null)
 	PY=$(abspath $(PY)) recipes/VoxCeleb/demo.sh "$(DATA)" "$(OUT)"
 
 test: $(STAMP)
+	@command -v espeak-ng >/dev/null || apt-get install -y -q espeak-ng >/dev/null || \
+	    (apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null)
 	$(PY) -m pytest -q
 
 clean:

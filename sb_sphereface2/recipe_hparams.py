@@ -157,8 +157,9 @@ def load_recipe_hparams(stage_file, overrides=None, **extra):
 
     Example
     -------
-    >>> hp = load_recipe_hparams("hparams/train.yaml", {"model": "ecapa_tdnn",
-    ...     "ecapa_channels": 16, "data_folder": "/tmp/data"}, num_classes=5)
+    >>> import tempfile
+    >>> hp = load_recipe_hparams("hparams/train.yaml", {"model": "ecapa_tdnn", "ecapa_channels": 16,
+    ...     "data_folder": "/tmp/data", "output_folder": tempfile.mkdtemp()}, num_classes=5)
     >>> type(hp["embedding_model"]).__name__, type(hp["compute_cost"]).__name__
     ('ECAPA_TDNN', 'SphereFace2Loss')
     """

@@ -16,6 +16,13 @@ HPARAMS = ROOT / "hparams"
 MODELS = sorted(p.stem for p in (HPARAMS / "models").glob("*.yaml"))
 LOSSES = sorted(p.stem for p in (HPARAMS / "losses").glob("*.yaml"))
 STAGES = {"train.yaml": {}, "finetune.yaml": {"pretrained_model": "/tmp/model"}}
+# Small widths so that 24 combinations instantiate quickly; the real sizes are checked
+# once per model block below.
+SMALL = {
+    "ecapa_tdnn": {"ecapa_channels": 16},
+    "resnet34": {"resnet_channels": [4, 4, 8, 8], "resnet_blocks": [1, 1, 1, 1]},
+    "speechbrain_resnet": {"sb_resnet_channels": [4, 4, 8, 8], "sb_resnet_blocks": [1, 1, 1, 1]},
+}
 
 
 def test_blocks_exist():
@@ -28,7 +35,7 @@ def test_blocks_exist():
 @pytest.mark.parametrize("loss", LOSSES)
 def test_stage_loads_with_every_block(stage, model, loss, tmp_path):
     overrides = {"model": model, "loss": loss, "data_folder": str(tmp_path),
-                 "output_folder": str(tmp_path / "out"), **STAGES[stage]}
+                 "output_folder": str(tmp_path / "out"), **STAGES[stage], **SMALL[model]}
     hp = load_recipe_hparams(str(HPARAMS / stage), overrides, num_classes=11)
     assert isinstance(hp["classifier"], SphereFace2Head)
     assert isinstance(hp["margin_scheduler"], MarginScheduler)
@@ -43,8 +50,18 @@ def test_stage_loads_with_every_block(stage, model, loss, tmp_path):
         assert hp["classifier"](emb).shape == (2, 1, 11)
 
 
-def test_paper_defaults():
-    hp = load_recipe_hparams(str(HPARAMS / "train.yaml"), {"data_folder": "/x"}, num_classes=17982)
+@pytest.mark.parametrize("model,params", [
+    ("resnet34", 6634336), ("ecapa_tdnn", 20767552), ("speechbrain_resnet", 15438336)])
+def test_model_blocks_at_full_size(model, params, tmp_path):
+    hp = load_recipe_hparams(str(HPARAMS / "train.yaml"), {"model": model, "data_folder": "/x",
+                             "output_folder": str(tmp_path)}, num_classes=5994)
+    assert sum(p.numel() for p in hp["embedding_model"].parameters()) == params
+    assert hp["classifier"].weight.shape == (5994, hp["emb_dim"])
+
+
+def test_paper_defaults(tmp_path):
+    hp = load_recipe_hparams(str(HPARAMS / "train.yaml"), {"data_folder": "/x", "output_folder": str(tmp_path)},
+                             num_classes=17982)
     assert hp["model"] == "resnet34" and hp["loss"] == "sphereface2_c"
     assert sum(p.numel() for p in hp["embedding_model"].parameters()) == 6634336
     assert (hp["number_of_epochs"], hp["batch_size"], hp["crop_seconds"], hp["n_mels"]) == (150, 256, 2.0, 80)
@@ -58,7 +75,8 @@ def test_paper_defaults():
     assert hp["speed_perturb"] is True
 
     lmf = load_recipe_hparams(str(HPARAMS / "finetune.yaml"),
-                              {"data_folder": "/x", "pretrained_model": "/m", "loss": "sphereface2_a"},
+                              {"data_folder": "/x", "pretrained_model": "/m", "loss": "sphereface2_a",
+                               "output_folder": str(tmp_path)},
                               num_classes=17982)
     assert lmf["compute_cost"].margin == 0.25 and lmf["margin_scheduler"](0.0) == 0.25
     assert (lmf["crop_seconds"], lmf["number_of_epochs"], lmf["speed_perturb"]) == (6.0, 5, False)
@@ -66,6 +84,7 @@ def test_paper_defaults():
 
 
 def test_one_override_switches_a_block():
+    """--model=... / --loss=... as SpeechBrain passes them (a yaml string)."""
     text = compose_hparams_yaml(str(HPARAMS / "train.yaml"), "model: ecapa_tdnn\nloss: aam\n")
     assert "ECAPA_TDNN" in text and "AAMLoss" in text and "sb_sphereface2.resnet.ResNet" not in text
 

@@ -110,4 +110,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except (ValueError, FileNotFoundError) as error:  # bad input: one line, no traceback
+        sys.exit(f"error: {error}")

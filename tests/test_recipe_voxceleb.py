@@ -1,0 +1,151 @@
+"""The VoxCeleb recipe end to end on librispeech-mini cut into a VoxCeleb-shaped tree:
+prepare -> train -> large-margin fine-tune -> score, with a tiny model; resume after a kill;
+one-line errors for bad input. (LibriSpeech, CC BY 4.0.)"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "recipes" / "VoxCeleb" / "train.py"
+SCORE = ROOT / "recipes" / "VoxCeleb" / "score.py"
+
+# A tiny ResNet and a short schedule: the recipe's real defaults stay the paper's.
+TINY = [
+    "--device=cpu", "--num_workers=0", "--augment=False", "--speed_perturb=False",
+    "--n_mels=40", "--resnet_channels=[8,8,16,16]", "--resnet_blocks=[1,1,1,1]", "--emb_dim=64",
+    "--batch_size=32", "--dev_speakers=4", "--dev_trials=60", "--warmup_epochs=0",
+    "--lr=0.05", "--final_lr=0.01", "--margin_start_epoch=0", "--margin_fix_epoch=1",
+]
+
+
+def run(script, *args, check=True, timeout=900):
+    result = subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script.name} failed:\n{result.stderr[-4000:]}")
+    return result
+
+
+def epochs_logged(output_folder):
+    log = Path(output_folder) / "train_log.txt"
+    if not log.exists():
+        return []
+    return [int(line.split(",")[0].split(":")[1]) for line in log.read_text().splitlines() if line.startswith("epoch:")]
+
+
+@pytest.fixture(scope="module")
+def stage1(librispeech_voxceleb_tree, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stage1")
+    tree = librispeech_voxceleb_tree
+    trials = "[" + ",".join(str(p) for p in tree.trial_lists) + "]"
+    run(TRAIN, "hparams/train.yaml", *TINY, f"--data_folder={tree.root}", f"--trial_lists={trials}",
+        f"--output_folder={out}", "--number_of_epochs=2", "--average_last=2")
+    return out
+
+
+def test_training_writes_an_averaged_model_folder(stage1):
+    model = stage1 / "model"
+    for name in ("hyperparams.yaml", "embedding_model.ckpt", "classifier.ckpt", "compute_cost.ckpt",
+                 "label_encoder.ckpt", "label_encoder.txt", "train_hparams.yaml"):
+        assert (model / name).is_file(), name
+    assert epochs_logged(stage1) == [1, 2]
+    log = (stage1 / "train_log.txt").read_text()
+    assert "valid EER" in log
+    assert "averaged epochs: [1, 2]" in (model / "train_hparams.yaml").read_text()
+    # trial speakers were removed from training
+    train_csv = (stage1 / "data" / "train.csv").read_text()
+    test_csv = (stage1 / "data" / "test.csv").read_text().splitlines()[1:]
+    test_speakers = {row.split(",")[5] for row in test_csv}
+    assert test_speakers and not any(f",{spk}," in train_csv for spk in test_speakers)
+
+
+def test_finetune_and_score(stage1, librispeech_voxceleb_tree, tmp_path):
+    tree = librispeech_voxceleb_tree
+    trials = "[" + ",".join(str(p) for p in tree.trial_lists) + "]"
+    lmf = tmp_path / "lmf"
+    run(TRAIN, "hparams/finetune.yaml", *TINY, f"--data_folder={tree.root}", f"--trial_lists={trials}",
+        f"--output_folder={lmf}", f"--pretrained_model={stage1 / 'model'}", "--number_of_epochs=1",
+        "--crop_seconds=2.5")
+    log = (lmf / "train_log.txt").read_text()
+    assert "margin: 3.00e-01" in log  # the fixed large margin of SphereFace2-C
+    assert (lmf / "model" / "embedding_model.ckpt").is_file()
+    # the head kept the classes of stage 1
+    assert (lmf / "model" / "label_encoder.txt").read_text() == (stage1 / "model" / "label_encoder.txt").read_text()
+
+    scores = tmp_path / "scores"
+    run(SCORE, "hparams/verification.yaml", "--device=cpu", f"--model_folder={lmf / 'model'}",
+        f"--data_prep_folder={stage1 / 'data'}", f"--output_folder={scores}",
+        "--cohort_utterances_per_speaker=2", "--top_n=50")
+    results = json.loads((scores / "results.json").read_text())["results"]
+    names = {p.stem for p in tree.trial_lists}
+    assert set(results) == {f"{n} ({kind})" for n in names for kind in ("cosine", "asnorm")}
+    for metrics in results.values():
+        assert 0 <= metrics["eer_percent"] <= 100 and metrics["targets"] > 0
+    for name in names:
+        assert (scores / "cosine" / "scores" / f"{name}.txt").is_file()
+    assert (scores / "asnorm" / "det.png").stat().st_size > 1000
+
+
+def test_kill_and_rerun_resumes(librispeech_voxceleb_tree, tmp_path):
+    """SIGKILL during epoch 2 of 3; the same command again continues from epoch 1's
+    checkpoint (margin-scheduler state included) and finishes."""
+    tree = librispeech_voxceleb_tree
+    out = tmp_path / "resume"
+    args = [sys.executable, str(TRAIN), "hparams/train.yaml", *TINY, f"--data_folder={tree.root}",
+            f"--output_folder={out}", "--number_of_epochs=3", "--average_last=1",
+            "--margin_fix_epoch=3", "--dev_speakers=0"]
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while epochs_logged(out) != [1] and time.time() < deadline and process.poll() is None:
+        time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert epochs_logged(out) == [1], "training did not reach the end of epoch 1 in time"
+    assert not (out / "model").exists()
+
+    subprocess.run(args, cwd=ROOT, check=True, capture_output=True, timeout=900)
+    assert epochs_logged(out) == [1, 2, 3]
+    log = (out / "train_log.txt").read_text().splitlines()
+    margins = [float(line.split("margin: ")[1].split(" ")[0]) for line in log]
+    # the exp ramp over epochs 0..3 continued where it stopped
+    assert margins[0] < margins[1] < margins[2] == pytest.approx(0.2)
+    assert (out / "model" / "embedding_model.ckpt").is_file()
+
+
+@pytest.mark.parametrize("case", ["missing_folder", "unknown_trial_id", "bad_trial_line", "augment_without_data"])
+def test_bad_input_is_a_one_line_error(case, librispeech_voxceleb_tree, tmp_path):
+    tree = librispeech_voxceleb_tree
+    data = tree.root
+    trials = tmp_path / "trials.txt"
+    extra = []
+    if case == "missing_folder":
+        data = tmp_path / "nowhere"
+    elif case == "unknown_trial_id":
+        trials.write_text(f"1 {tree.trial_speakers[0]}/s1/00001.wav nobody/s1/00001.wav\n")
+        extra = [f"--trial_lists=[{trials}]"]
+    elif case == "bad_trial_line":
+        trials.write_text("1 only_two_fields.wav\n")
+        extra = [f"--trial_lists=[{trials}]"]
+    else:
+        extra = ["--augment=True"]
+    out = tmp_path / "out"
+    tiny = [a for a in TINY if not a.startswith("--augment")]
+    result = run(TRAIN, "hparams/train.yaml", *tiny, f"--data_folder={data}", f"--output_folder={out}",
+                 *extra, check=False)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr[-2000:]
+    expected = {"missing_folder": "nowhere", "unknown_trial_id": "nobody",
+                "bad_trial_line": "trials.txt:1", "augment_without_data": "musan_folder"}[case]
+    assert expected in last
+    assert "Traceback" not in result.stderr
+    assert not (out / "model").exists() and not (out / "data" / "train.csv").exists()
