@@ -29,8 +29,10 @@ from sb_sphereface2.export import (
     export_model,
     init_encoder_from,
     load_pretrained,
+    mean_embedding,
     training_config,
 )
+from sb_sphereface2.embeddings_io import save_embeddings
 from sb_sphereface2.recipe_hparams import load_recipe_hparams
 from sb_sphereface2.scoring import evaluate, score_trials, write_results
 from sb_sphereface2.sphereface2 import closed_form_bias
@@ -119,9 +121,11 @@ def trained(librispeech_voxceleb_tree, tmp_path_factory):
     recipe = _recipe_modules(str(stage), override_map, model_folder, num_classes=30)
 
     # The scoring stage: training mean, trial embeddings, cosine scores, results.json.
-    _, train_emb = embed_dataset(utterance_dataset(str(out / "data" / "train.csv")), recipe["compute_features"],
-                                 recipe["mean_var_norm"], recipe["embedding_model"], progress=False)
+    train_ids, train_emb = embed_dataset(utterance_dataset(str(out / "data" / "train.csv")),
+                                         recipe["compute_features"], recipe["mean_var_norm"],
+                                         recipe["embedding_model"], progress=False)
     mean = train_emb.astype(np.float64).mean(axis=0)
+    save_embeddings(base / "train_emb.npz", train_ids, train_emb)
     trials = read_trials(tree.trial_lists[0])
     utts = sorted(set(trials.enrol) | set(trials.test))
     trial_emb = _embed_files(recipe, [tree.root / f"{u}.flac" for u in utts])
@@ -131,10 +135,10 @@ def trained(librispeech_voxceleb_tree, tmp_path_factory):
 
     exported = base / "exported"
     _run([EXPORT, model_folder, exported, "--results", base / "scores" / "results.json",
-          "--train-csv", out / "data" / "train.csv", "--name", "tiny-sphereface2"], cwd=REPO)
+          "--train-embeddings", base / "train_emb.npz", "--name", "tiny-sphereface2"], cwd=REPO)
     return {
         "tree": tree, "base": base, "data": data, "out": out, "model_folder": model_folder,
-        "recipe": recipe, "mean": mean, "results": results, "exported": exported,
+        "recipe": recipe, "mean": mean, "train_emb": train_emb, "results": results, "exported": exported,
     }
 
 
@@ -145,13 +149,13 @@ from speechbrain.inference.classifiers import EncoderClassifier
 from speechbrain.inference.speaker import SpeakerRecognition
 folder, files, pairs, out = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
 result = {}
-for cls in (SpeakerRecognition, EncoderClassifier):
+for cls, some in ((SpeakerRecognition, files), (EncoderClassifier, files[:8])):
     model = cls.from_hparams(source=folder)
     with torch.no_grad():
-        raw = [model.encode_batch(model.load_audio(f)[None]).reshape(-1).numpy() for f in files]
-        norm = [model.encode_batch(model.load_audio(f)[None], normalize=True).reshape(-1).numpy() for f in files]
+        raw = [model.encode_batch(model.load_audio(f)[None]).reshape(-1).numpy() for f in some]
+        norm = [model.encode_batch(model.load_audio(f)[None], normalize=True).reshape(-1).numpy() for f in some]
         label = model.classify_batch(model.load_audio(files[0])[None])[3][0]
-    result[cls.__name__ + "_raw"] = np.stack(raw)
+    result[cls.__name__ + "_raw"] = np.stack(raw)  # EncoderClassifier: the first files only
     result[cls.__name__ + "_norm"] = np.stack(norm)
     result[cls.__name__ + "_label"] = np.array(label)
     if cls is SpeakerRecognition:
@@ -177,7 +181,8 @@ def loaded(trained):
     _run(["-c", LOAD_SCRIPT, trained["exported"], json.dumps(files), json.dumps(pairs), out], cwd=trained["base"])
     with np.load(out) as data:
         arrays = {k: data[k] for k in data.files}
-    return {"files": files, "pairs": pairs, "num_same": len(same), **arrays}
+    reference = _embed_files(trained["recipe"], files)  # the scoring stage's embeddings
+    return {"files": files, "pairs": pairs, "num_same": len(same), "reference": reference, **arrays}
 
 
 def test_exported_folder_layout(trained):
@@ -212,10 +217,12 @@ def test_model_card_has_training_config_and_results(trained):
 
 
 def test_embeddings_equal_recipe_scoring_stage(trained, loaded):
-    expected = _embed_files(trained["recipe"], loaded["files"])
+    expected = loaded["reference"]
     for cls in ("SpeakerRecognition", "EncoderClassifier"):
-        np.testing.assert_allclose(loaded[f"{cls}_raw"], expected, atol=1e-5, rtol=0)
-        np.testing.assert_allclose(loaded[f"{cls}_norm"], expected - trained["mean"], atol=1e-5, rtol=0)
+        count = len(loaded[f"{cls}_raw"])
+        assert count >= 8
+        np.testing.assert_allclose(loaded[f"{cls}_raw"], expected[:count], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(loaded[f"{cls}_norm"], expected[:count] - trained["mean"], atol=1e-5, rtol=0)
     # The head's label is one of the training speakers.
     assert str(loaded["EncoderClassifier_label"]) in trained["tree"].train_speakers[:30]
 
@@ -227,7 +234,7 @@ def test_verify_files_scores_equal_recipe_scores(trained, loaded):
     trials = TrialList("pairs", np.array([1] * loaded["num_same"] + [0] * (len(pairs) - loaded["num_same"]),
                                          dtype=np.int8),
                        [rel[a] for a, _ in pairs], [rel[b] for _, b in pairs])
-    embeddings = _embed_files(trained["recipe"], loaded["files"])
+    embeddings = loaded["reference"]
     # verify_files: cosine of raw embeddings = the recipe's scoring without mean subtraction.
     np.testing.assert_allclose(loaded["verify"], score_trials(ids, embeddings, trials), atol=1e-5)
     # Cosine of encode_batch(normalize=True) = the recipe's default (mean-subtracted) scores.
@@ -248,6 +255,14 @@ def test_verify_files_ranks_same_speaker_above_different(loaded):
     auc = (same[:, None] > different[None, :]).mean()
     assert auc > 0.75, (auc, same, different)
     assert np.median(same) > np.median(different)
+
+
+def test_mean_from_training_csv_equals_scoring_stage_mean(trained):
+    mean = mean_embedding(trained["model_folder"], train_csv=trained["out"] / "data" / "train.csv",
+                          max_utterances=12, progress=False)
+    np.testing.assert_allclose(mean, trained["train_emb"][:12].astype(np.float64).mean(axis=0), atol=1e-6)
+    with pytest.raises(ValueError, match="exactly one"):
+        mean_embedding(trained["model_folder"])
 
 
 def test_incomplete_or_corrupt_folder_errors_name_the_file(trained, tmp_path):
