@@ -397,7 +397,9 @@ _CONFIG_ROWS = (
 
 def _shown(key, value):
     if key in ("data_folder", "pretrained_model", "init_encoder_from") and isinstance(value, str):
-        return os.path.basename(os.path.normpath(value)) or value  # no local paths on the hub
+        if os.path.isabs(value) or os.path.exists(value):  # a local path: not on the hub
+            return os.path.basename(os.path.normpath(value)) or value
+        return value  # a hub id
     if key == "trial_lists" and isinstance(value, list):
         return ", ".join(os.path.basename(str(v)) for v in value) or "none"
     return value

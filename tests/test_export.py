@@ -33,7 +33,7 @@ from sb_sphereface2.export import (
     training_config,
 )
 from sb_sphereface2.embeddings_io import save_embeddings
-from sb_sphereface2.recipe_hparams import load_recipe_hparams
+from sb_sphereface2.recipe_hparams import compose_hparams_yaml, load_recipe_hparams, peek_hparams
 from sb_sphereface2.scoring import evaluate, score_trials, write_results
 from sb_sphereface2.sphereface2 import closed_form_bias
 from sb_sphereface2.trials import TrialList, read_trials
@@ -337,3 +337,84 @@ def _resnet_from(state):
     model = ResNet(input_size=24, channels=(8, 8, 16, 16), num_blocks=(1, 1, 1, 1), lin_neurons=64)
     model.load_state_dict(state)
     return model
+
+
+HUB_STYLE_YAML = """\
+# The layout of speechbrain/spkrec-ecapa-voxceleb (sizes shrunk for the test).
+n_mels: 80
+pretrained_path: {folder}
+compute_features: !new:speechbrain.lobes.features.Fbank
+    n_mels: !ref <n_mels>
+mean_var_norm: !new:speechbrain.processing.features.InputNormalization
+    norm_type: sentence
+    std_norm: False
+embedding_model: !new:speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN
+    input_size: !ref <n_mels>
+    channels: [16, 16, 16, 16, 48]
+    kernel_sizes: [5, 3, 3, 3, 1]
+    dilations: [1, 2, 3, 4, 1]
+    attention_channels: 8
+    lin_neurons: 12
+mean_var_norm_emb: !new:speechbrain.processing.features.InputNormalization
+    norm_type: global
+    std_norm: False
+label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
+modules:
+    compute_features: !ref <compute_features>
+    mean_var_norm: !ref <mean_var_norm>
+    embedding_model: !ref <embedding_model>
+    mean_var_norm_emb: !ref <mean_var_norm_emb>
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+        embedding_model: !ref <embedding_model>
+        mean_var_norm_emb: !ref <mean_var_norm_emb>
+        label_encoder: !ref <label_encoder>
+    paths:
+        embedding_model: !ref <pretrained_path>/embedding_model.ckpt
+        mean_var_norm_emb: !ref <pretrained_path>/mean_var_norm_emb.ckpt
+        label_encoder: !ref <pretrained_path>/label_encoder.txt
+"""
+
+
+def test_finetune_pretrained_yaml_targets_spkrec_ecapa_voxceleb():
+    settings = peek_hparams("hparams/finetune_pretrained.yaml", {"data_folder": "/data"})
+    assert settings["init_encoder_from"] == "speechbrain/spkrec-ecapa-voxceleb"
+    assert (settings["model"], settings["ecapa_channels"], settings["emb_dim"], settings["n_mels"]) == (
+        "ecapa_tdnn", 1024, 192, 80)
+    assert "speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN" in compose_hparams_yaml("hparams/finetune_pretrained.yaml")
+    # --model on the command line still wins over the stage's own block choice.
+    assert "sb_sphereface2.resnet.ResNet" in compose_hparams_yaml("hparams/finetune_pretrained.yaml", {"model": "resnet34"})
+
+
+def test_init_encoder_from_a_hub_layout_folder(tmp_path):
+    """A folder shaped like speechbrain/spkrec-ecapa-voxceleb (paths in the pretrainer,
+    label_encoder.txt, mean_var_norm_emb.ckpt, no head): checked, and its encoder loads
+    strictly into the ECAPA-TDNN that hparams/finetune_pretrained.yaml builds."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    folder = tmp_path / "spkrec-ecapa-like"
+    folder.mkdir()
+    (folder / "hyperparams.yaml").write_text(HUB_STYLE_YAML.format(folder=folder))
+    hub = load_hyperpyyaml((folder / "hyperparams.yaml").read_text())
+    torch.manual_seed(0)
+    for p in hub["embedding_model"].parameters():
+        torch.nn.init.normal_(p)
+    torch.save(hub["embedding_model"].state_dict(), folder / "embedding_model.ckpt")
+    (folder / "label_encoder.txt").write_text("'id10001' => 0\n================\n'starting_index' => 0\n")
+    with pytest.raises(FileNotFoundError, match="missing mean_var_norm_emb.ckpt"):
+        check_pretrained_folder(folder)
+    torch.save({"count": 1, "glob_mean": torch.zeros(12), "glob_std": torch.ones(12)}, folder / "mean_var_norm_emb.ckpt")
+    assert check_pretrained_folder(folder) == {"embedding_model": "embedding_model.ckpt",
+                                              "mean_var_norm_emb": "mean_var_norm_emb.ckpt",
+                                              "label_encoder": "label_encoder.txt"}
+
+    recipe = load_recipe_hparams("hparams/finetune_pretrained.yaml", {
+        "data_folder": "/data", "ecapa_channels": 16, "emb_dim": 12}, num_classes=3)
+    with pytest.raises(ValueError, match="does not fit"):
+        init_encoder_from(recipe["embedding_model"], str(folder))  # attention_channels 128 vs 8
+    recipe["embedding_model"] = hub["embedding_model"].__class__(
+        input_size=80, channels=[16, 16, 16, 16, 48], kernel_sizes=[5, 3, 3, 3, 1],
+        dilations=[1, 2, 3, 4, 1], attention_channels=8, lin_neurons=12)
+    assert init_encoder_from(recipe["embedding_model"], str(folder)).endswith("embedding_model.ckpt")
+    for name, value in hub["embedding_model"].state_dict().items():
+        torch.testing.assert_close(recipe["embedding_model"].state_dict()[name], value)
