@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 
 import numpy as np
 import ruamel.yaml
@@ -724,7 +725,11 @@ def export_model(
         dim = int(reference.get("emb_dim", mean.size))
         if mean.size != dim or not np.isfinite(mean).all():
             raise ValueError(f"training mean embedding must be {dim} finite values, got {mean.size}")
-    config = training_config(model_folder)
+    try:
+        config = training_config(model_folder)
+    except ValueError as error:  # the card is still useful without it
+        warnings.warn(f"model card without the training configuration: {error}")
+        config = {}
     table = results_table(results_json) if results_json else None
 
     with open(os.path.join(model_folder, "hyperparams.yaml"), encoding="utf-8") as handle:
