@@ -466,8 +466,8 @@ def model_card(name, config, table=None, has_mean=False, needs_plugin=True):
         install += "\n# and the sb_sphereface2 package: hyperparams.yaml builds its classes"
     normalize = (
         "# Embeddings with the training-set mean subtracted (the recipe's scoring space):\n"
-        "emb = model.encode_batch(signal, normalize=True)\n"
-        if has_mean else ""
+        "emb = model.encode_batch(signal, normalize=True)"
+        if has_mean else None
     )
     lines += [
         "## Usage",
@@ -485,7 +485,7 @@ def model_card(name, config, table=None, has_mean=False, needs_plugin=True):
         "from speechbrain.dataio import audio_io",
         'signal, rate = audio_io.load("utterance.wav")  # 16 kHz mono',
         "emb = model.encode_batch(signal)  # [batch, 1, dim]",
-        normalize.rstrip("\n"),
+        normalize,
         "```",
         "",
         "`verify_files` scores the cosine of the raw embeddings. The 0.25 threshold is "
