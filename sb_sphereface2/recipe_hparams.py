@@ -14,7 +14,8 @@ override switches a block (``--model=ecapa_tdnn``, ``--loss=aam``) and a new mod
 combination needs no new file. A value ending in ``.yaml`` is taken as a path instead.
 
 A stage file may also start from another one with ``base: train.yaml`` (a path relative to
-it): the base is composed first and the stage's own keys override it (fine-tuning is
+it): the base is composed first (its blocks chosen by the stage's own model/loss keys, if
+any) and the stage's own keys override it (fine-tuning is
 training with a few keys changed).
 """
 
@@ -109,7 +110,10 @@ def _compose(stage_file, overrides):
     with open(stage_file, encoding="utf-8") as handle:
         stage = _yaml().load(handle)
     if "base" in stage:
-        merged = _compose(os.path.join(os.path.dirname(stage_file), stage.pop("base")), overrides)
+        # A stage's own model/loss keys pick the base's blocks (command-line overrides win).
+        base_overrides = {kind: stage[kind] for kind in BLOCK_KEYS if kind in stage}
+        base_overrides.update(overrides)
+        merged = _compose(os.path.join(os.path.dirname(stage_file), stage.pop("base")), base_overrides)
         for key, value in stage.items():
             merged[key] = value
         return merged

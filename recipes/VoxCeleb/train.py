@@ -197,6 +197,15 @@ def load_pretrained(hparams, folder):
         hparams[name].load_state_dict(state)
 
 
+def init_encoder(hparams, source):
+    """Fine-tuning a pretrained speaker model on new speakers: load only its embedding model
+    (strict), keep the new head (closed-form bias) built for the new classes."""
+    from sb_sphereface2.export import init_encoder_from
+
+    path = init_encoder_from(hparams["embedding_model"], source, savedir=os.path.join(hparams["output_folder"], "init_encoder"))
+    logger.info("embedding model initialised from %s", path)
+
+
 def average_into_model_folder(brain, hparams, stage_file, overrides, num_classes, encoder_path):
     """Average the last epoch checkpoints and write the model folder (main process)."""
     checkpoints = brain.checkpointer.find_checkpoints(
@@ -240,6 +249,8 @@ def main(argv):
     hparams = load_recipe_hparams(stage_file, overrides, num_classes=num_classes)
     if settings.get("pretrained_model"):
         load_pretrained(hparams, settings["pretrained_model"])
+    if settings.get("init_encoder_from"):
+        init_encoder(hparams, settings["init_encoder_from"])
 
     train_set = training_dataset(
         train_csv,
