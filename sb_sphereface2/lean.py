@@ -46,20 +46,38 @@ def default_chunk_columns(batch_size, device_type):
     return max(16, elements // max(1, batch_size))
 
 
-def _odd_power(u, t):
-    """sign(u) |u|^t and t |u|^(t-1): g(c) = 2 * odd_power(u) - 1 with u = (c + 1) / 2,
-    and g'(c) = t |u|^(t-1) (also what autograd gives on the plain two-branch form)."""
-    slope_base = u.abs().pow_(t - 1)
-    return u * slope_base, slope_base.mul_(t)
+def _power_slope(u, t):
+    """|u|^(t-1), so that sign(u)|u|^t = u * |u|^(t-1) and d/du of it is t |u|^(t-1)
+    (also what autograd gives on the two-branch odd power of ``similarity_adjustment``)."""
+    if float(t).is_integer() and int(t) % 2 == 1:
+        return u.pow(t - 1)  # even power: no abs needed (t = 3: one multiply)
+    return u.abs().pow_(t - 1)
 
 
-def _negative_logits(c, const, scale, margin, t, margin_type, detach_adjustment, need_slope):
+def _softplus_sum(z):
+    """Sum of softplus(z) = max(z, 0) + log1p(exp(-|z|)), as ``F.softplus`` gives it.
+
+    ``torch.log1p`` (hence ``F.softplus``) is not vectorised on CPU and costs about
+    ten times ``torch.log``; log1p(x) = log(u) - ((u - 1) - x) / u with u = 1 + x
+    (rounded) is accurate to a few ulps and uses only vectorised operations.
+    """
+    x = z.abs().neg_().exp_()
+    u = x + 1
+    tail = torch.log(u).sub_((u - 1).sub_(x).div_(u))
+    if z.dtype == torch.float64:
+        # F.softplus returns z itself above its threshold; in float32 the tail
+        # exp(-z) < 2e-9 vanishes against z anyway.
+        tail.masked_fill_(z > _SOFTPLUS_THRESHOLD, 0.0)
+    return z.clamp(min=0).sum() + tail.sum()
+
+
+def _negative_logits(c, const, scale, margin, t, margin_type, detach_adjustment, factor):
     """Logits z = scale * h(c) + bias of the negative classifiers on one chunk, and
-    dz/dc (a tensor, a float, or None if not needed).
+    ``factor`` * dz/dc (a tensor or a float; None if ``factor`` is None).
 
     ``const`` is the 0-d tensor ``bias`` (+ ``scale * margin`` for type C, folded in).
     """
-    slope_needed = need_slope and not detach_adjustment
+    slope_needed = factor is not None and not detach_adjustment
     dv = None  # dv/dc where it is not 1
     if margin_type == "A":
         cos_m, sin_m = math.cos(margin), math.sin(margin)
@@ -78,21 +96,24 @@ def _negative_logits(c, const, scale, margin, t, margin_type, detach_adjustment,
         v = c
     if t == 1:
         z = torch.add(const, v, alpha=scale)
-        slope = scale if dv is None else dv.mul_(scale)
+        slope = scale * factor if dv is None else dv.mul_(scale * factor)
     else:
         u = torch.add(const.new_tensor(0.5), v, alpha=0.5)
-        odd, gprime = _odd_power(u, t)
+        power = _power_slope(u, t)
+        # g(v) = 2 u |u|^(t-1) - 1, so z = 2 scale u |u|^(t-1) + (const - scale)
+        z = torch.addcmul(const - scale, u, power, value=2 * scale)
         del u
-        # z = scale * (2 * odd - 1) + const
-        z = torch.add(const - scale, odd, alpha=2 * scale)
-        del odd
-        slope = gprime.mul_(scale) if dv is None else gprime.mul_(dv).mul_(scale)
+        if slope_needed:
+            # dz/dv = scale * g'(v) = scale * t |u|^(t-1)
+            slope = power.mul_(t * scale * factor)
+            if dv is not None:
+                slope.mul_(dv)
     if not slope_needed:
-        slope = scale if need_slope else None
+        slope = None if factor is None else scale * factor
     return z, slope
 
 
-def _negative_logits_autograd(c, bias, scale, margin, t, margin_type, detach_adjustment):
+def _negative_logits_autograd(c, bias, scale, margin, t, margin_type, detach_adjustment, factor):
     """Same as ``_negative_logits`` through the plain functions, differentiated by autograd."""
     with torch.enable_grad():
         leaf = c.detach().requires_grad_()
@@ -100,8 +121,20 @@ def _negative_logits_autograd(c, bias, scale, margin, t, margin_type, detach_adj
         if detach_adjustment:
             neg = leaf + (neg - leaf).detach()
         z = scale * neg + bias
-        (slope,) = torch.autograd.grad(z, leaf, torch.ones_like(z))
+        (slope,) = torch.autograd.grad(z, leaf, torch.full_like(z, factor))
     return z.detach(), slope
+
+
+def _graph_is_freed_after_backward():
+    """True inside a backward pass run without ``retain_graph`` (saved tensors are
+    released right after it); False when unsure."""
+    keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    if keep_graph is None:
+        return False
+    try:
+        return not keep_graph()
+    except RuntimeError:
+        return False
 
 
 class _LeanSphereFace2(torch.autograd.Function):
@@ -143,18 +176,19 @@ class _LeanSphereFace2(torch.autograd.Function):
             c = cos[:, start:stop]
             if derivative == "autograd":
                 z, slope = _negative_logits_autograd(
-                    c, bias, scale, margin, t, margin_type, detach_adjustment
+                    c, bias, scale, margin, t, margin_type, detach_adjustment, neg_weight
                 )
             else:
                 z, slope = _negative_logits(
-                    c, const, scale, margin, t, margin_type, detach_adjustment, need_cos_grad
+                    c, const, scale, margin, t, margin_type, detach_adjustment,
+                    neg_weight if need_cos_grad else None,
                 )
             # The target class is not a negative: z = -inf gives softplus 0, sigmoid 0.
             local = targets - start
             here = (local >= 0) & (local < stop - start)
             index = torch.where(here, local, 0).unsqueeze(1)
             z.scatter_(1, index, torch.where(here.unsqueeze(1), minus_inf, z.gather(1, index)))
-            neg_loss += F.softplus(z).sum()
+            neg_loss += _softplus_sum(z)
             if not need_grad:
                 continue
             if z.dtype == torch.float64:
@@ -166,7 +200,7 @@ class _LeanSphereFace2(torch.autograd.Function):
             if need_bias_grad:
                 sig_total += sig.sum()
             if need_cos_grad:
-                torch.mul(sig.mul_(neg_weight), slope, out=grad_cos[:, start:stop])
+                torch.mul(sig, slope, out=grad_cos[:, start:stop])
             del z, sig, slope
 
         loss = (lambda_ * pos_loss + (1 - lambda_) * neg_loss) / batch
@@ -180,8 +214,15 @@ class _LeanSphereFace2(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         grad_cos, grad_bias = ctx.saved_tensors
+        if grad_cos is not None:
+            if _graph_is_freed_after_backward():
+                # The saved buffer dies with this backward pass: scale it in place
+                # instead of allocating a second [B, C] buffer.
+                grad_cos = grad_cos.mul_(grad_output)
+            else:
+                grad_cos = grad_cos * grad_output
         return (
-            grad_cos * grad_output if grad_cos is not None else None,
+            grad_cos,
             None,
             grad_bias * grad_output if grad_bias is not None else None,
         ) + (None,) * 8
