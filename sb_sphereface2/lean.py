@@ -81,7 +81,8 @@ def _negative_logits(c, const, scale, margin, t, margin_type, detach_adjustment,
     dv = None  # dv/dc where it is not 1
     if margin_type == "A":
         cos_m, sin_m = math.cos(margin), math.sin(margin)
-        inside = (c >= -1) & (c <= 1)  # clamp(-1, 1) passes the gradient here
+        # autograd's clamp passes no gradient at its bounds: mirror that exactly
+        inside = (c > -1) & (c < 1)
         cc = c.clamp(-1, 1)
         one_minus = 1 - cc * cc
         sin = one_minus.clamp(min=_EPS).sqrt_()
@@ -89,7 +90,7 @@ def _negative_logits(c, const, scale, margin, t, margin_type, detach_adjustment,
         v = torch.where(below, cc * cos_m + sin * sin_m, torch.ones_like(cc))
         if slope_needed:
             # d/dc cos(theta - m) = cos m - sin m * c / sin(theta), zero where clamped
-            dsin = torch.where(one_minus >= _EPS, cc / sin, torch.zeros_like(cc))
+            dsin = torch.where(one_minus > _EPS, cc / sin, torch.zeros_like(cc))
             dv = (cos_m - sin_m * dsin).mul_(below & inside)
         del one_minus, sin, below, inside, cc
     else:
