@@ -240,7 +240,8 @@ def lean_sphereface2_loss(cos, targets, bias, margin, scale, lambda_, t, margin_
     Arguments
     ---------
     cos : torch.Tensor
-        Cosines [B, C] (float32 or float64).
+        Cosines [B, C]; float16/bfloat16 are promoted to float32, and the loss is
+        computed with autocast disabled.
     targets : torch.Tensor
         Labels [B] (long).
     bias : torch.Tensor
@@ -280,7 +281,10 @@ def lean_sphereface2_loss(cos, targets, bias, margin, scale, lambda_, t, margin_
     chunk_columns = int(chunk_columns)
     if chunk_columns < 1:
         raise ValueError(f"chunk_columns must be >= 1, got {chunk_columns}")
-    return _LeanSphereFace2.apply(
-        cos, targets, bias, float(margin), float(scale), float(lambda_), float(t), margin_type,
-        bool(detach_adjustment), chunk_columns, derivative,
-    )
+    if cos.dtype in (torch.float16, torch.bfloat16):
+        cos = cos.float()  # differentiable: the gradient comes back in half precision
+    with torch.autocast(device_type=cos.device.type, enabled=False):
+        return _LeanSphereFace2.apply(
+            cos, targets, bias, float(margin), float(scale), float(lambda_), float(t),
+            margin_type, bool(detach_adjustment), chunk_columns, derivative,
+        )

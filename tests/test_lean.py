@@ -185,3 +185,15 @@ def test_bad_arguments_raise():
         lean_sphereface2_loss(cos, *args, derivative="numeric")
     with pytest.raises(ValueError, match=r"\[B, C\]"):
         lean_sphereface2_loss(cos[0], *args)
+
+
+def test_function_promotes_half_cosines_under_autocast():
+    cos, labels = _cosines(4, 50, torch.float32, seed=10)
+    c = cos.to(torch.bfloat16).requires_grad_()
+    bias = torch.tensor(15.0, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = lean_sphereface2_loss(c, labels, bias, 0.2, 32.0, 0.7, 3.0, "C", False)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert c.grad.dtype == torch.bfloat16 and torch.isfinite(c.grad.float()).all()
+    assert torch.isfinite(bias.grad)
