@@ -9,7 +9,8 @@ loss, then backward to x and W:
 * lean: ``SphereFace2Loss()`` (default), loss and gradient in one chunked pass;
 * sb_aam: SpeechBrain's ``LogSoftmaxWrapper(AdditiveAngularMargin(m=0.2, s=30))``.
 
-Time: implementations run round-robin (so that load from other processes spreads
+Time: of the whole step, and of the loss alone (from given cosines to their
+gradient; its floor is ``cos.sum()``). Implementations run round-robin (so that load from other processes spreads
 over all of them), a few warm-up rounds, then the median of ``--repeats`` rounds.
 
 Memory: each implementation runs in a fresh subprocess with glibc's mmap threshold
@@ -121,8 +122,10 @@ def peak_memory_in_subprocess(name, batch, dim, classes, loss_only=False):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def time_round_robin(batch, dim, classes, warmup, repeats):
-    steps = {name: make_step(name, batch, dim, classes) for name in IMPLEMENTATIONS}
+def time_round_robin(batch, dim, classes, warmup, repeats, loss_only=False):
+    steps = {
+        name: make_step(name, batch, dim, classes, loss_only=loss_only) for name in IMPLEMENTATIONS
+    }
     times = {name: [] for name in IMPLEMENTATIONS}
     for round_index in range(warmup + repeats):
         for name, (step, zero) in steps.items():
@@ -151,10 +154,13 @@ def main():
     print()
     print("| C | impl | time ms (median) | time / floor | spread (IQR/median) "
           "| step peak MB | step peak - floor, [B,C] f32 buffers "
-          "| loss-only peak - floor, [B,C] f32 buffers |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| loss-only peak - floor, [B,C] f32 buffers | loss-only time ms (median) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for classes in args.classes:
         times = time_round_robin(args.batch, args.dim, classes, args.warmup, args.repeats)
+        loss_times = time_round_robin(
+            args.batch, args.dim, classes, args.warmup, args.repeats, loss_only=True
+        )
         memory = {
             name: peak_memory_in_subprocess(name, args.batch, args.dim, classes)
             for name in IMPLEMENTATIONS
@@ -172,7 +178,8 @@ def main():
                 f"| {classes} | {name} | {median * 1e3:.1f} | {median / floor_time:.2f} "
                 f"| {(q[2] - q[0]) / median:.2f} | {memory[name] / 1e6:.0f} "
                 f"| {(memory[name] - memory['floor']) / buffer:+.2f} "
-                f"| {(loss_memory[name] - loss_memory['floor']) / buffer:+.2f} |",
+                f"| {(loss_memory[name] - loss_memory['floor']) / buffer:+.2f} "
+                f"| {statistics.median(loss_times[name]) * 1e3:.1f} |",
                 flush=True,
             )
     print()
