@@ -327,6 +327,10 @@ class SphereFace2Loss(torch.nn.Module):
     detach_adjustment : bool
         If True, g and the margin are a detached offset (original SphereFace2); the
         default differentiates through them (speaker-verification paper).
+    implementation : str
+        "lean" (default): ``lean.lean_sphereface2_loss``, loss and gradient in one pass
+        over class chunks, one [B, C] buffer kept for backward, first-order gradients
+        only. "plain": ``sphereface2_loss`` through autograd (supports double backward).
 
     Returns
     -------
@@ -356,8 +360,12 @@ class SphereFace2Loss(torch.nn.Module):
         margin_type="C",
         bias_init="closed_form",
         detach_adjustment=False,
+        implementation="lean",
     ):
         super().__init__()
+        if implementation not in ("lean", "plain"):
+            raise ValueError(f"implementation must be 'lean' or 'plain', got {implementation!r}")
+        self.implementation = implementation
         if margin_type not in MARGIN_TYPES:
             raise ValueError(f"margin_type must be one of C, A, M, got {margin_type!r}")
         if not isinstance(num_classes, int) or num_classes < 2:
@@ -403,8 +411,12 @@ class SphereFace2Loss(torch.nn.Module):
         ``length`` is accepted for SpeechBrain's ``compute_cost`` signature and unused.
         """
         cos, targets = flatten_outputs(outputs, targets, self.num_classes)
+        if self.implementation == "lean":
+            from sb_sphereface2.lean import lean_sphereface2_loss as loss_function
+        else:
+            loss_function = sphereface2_loss
         with torch.autocast(device_type=cos.device.type, enabled=False):
-            return sphereface2_loss(
+            return loss_function(
                 cos,
                 targets,
                 self.bias.to(cos.dtype),
@@ -426,5 +438,6 @@ class SphereFace2Loss(torch.nn.Module):
         return (
             f"num_classes={self.num_classes}, scale={self.scale}, margin={self.margin}, "
             f"lambda_={self.lambda_}, t={self.t}, margin_type={self.margin_type!r}, "
-            f"detach_adjustment={self.detach_adjustment}"
+            f"detach_adjustment={self.detach_adjustment}, "
+            f"implementation={self.implementation!r}"
         )

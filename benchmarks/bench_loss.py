@@ -1,0 +1,190 @@
+"""Forward+backward time and peak memory of SphereFace2 implementations against the floor.
+
+Every implementation starts from the same embeddings x [B, D] and class weights
+W [C, D] and runs the cosine head (F.linear of the L2-normalised x and W) then its
+loss, then backward to x and W:
+
+* floor: the head's cosines summed (no implementation can do less);
+* plain: ``SphereFace2Loss(implementation="plain")``, the eager autograd formula;
+* lean: ``SphereFace2Loss()`` (default), loss and gradient in one chunked pass;
+* sb_aam: SpeechBrain's ``LogSoftmaxWrapper(AdditiveAngularMargin(m=0.2, s=30))``.
+
+Time: of the whole step, and of the loss alone (from given cosines to their
+gradient; its floor is ``cos.sum()``). Implementations run round-robin (so that load from other processes spreads
+over all of them), a few warm-up rounds, then the median of ``--repeats`` rounds.
+
+Memory: each implementation runs in a fresh subprocess with glibc's mmap threshold
+fixed at 64 KiB, so every large tensor is its own mapping, returned to the system
+when freed; after one warm-up step (kernels, MKL workspaces) the gradients are
+dropped, the kernel's peak-RSS counter is reset (``/proc/self/clear_refs``) and one
+forward+backward step runs; the peak RSS above the RSS before the step is what the
+step needed at its peak (all allocations, torch's and the libraries', counted once).
+Reported as MB and as [B, C] float32 buffers beyond the floor, for the whole step
+(head + loss; at B = 128, D = 256 the peak of the step falls in the backward of the
+weight normalisation, [C, D] sized, after the loss's buffers are gone) and for the
+loss alone (cosines given as a leaf; floor: their sum, whose gradient is one [B, C]
+buffer).
+
+Usage (from the repository root):
+    PYTHONPATH=$PWD python benchmarks/bench_loss.py
+    PYTHONPATH=$PWD python benchmarks/bench_loss.py --classes 5994 --repeats 5
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+IMPLEMENTATIONS = ("floor", "plain", "lean", "sb_aam")
+
+
+def make_step(name, batch, dim, classes, seed=0, loss_only=False):
+    """Return (step, zero): step() runs one forward+backward of implementation ``name``,
+    zero() drops the gradients. With ``loss_only`` the cosines are computed once and
+    step() runs the loss alone, from the cosines (a leaf) to their gradient."""
+    from speechbrain.nnet.losses import AdditiveAngularMargin, LogSoftmaxWrapper
+
+    from sb_sphereface2.head import SphereFace2Head
+    from sb_sphereface2.sphereface2 import SphereFace2Loss
+
+    torch.manual_seed(seed)
+    head = SphereFace2Head(dim, classes)
+    x = torch.randn(batch, dim, requires_grad=True)
+    labels = torch.randint(0, classes, (batch,))
+    if name == "floor":
+        loss_fn = lambda cos, y: cos.sum()  # noqa: E731
+    elif name in ("plain", "lean"):
+        loss_fn = SphereFace2Loss(classes, implementation=name)
+    elif name == "sb_aam":
+        aam = LogSoftmaxWrapper(AdditiveAngularMargin(margin=0.2, scale=30.0))
+        loss_fn = lambda cos, y: aam(cos, y.unsqueeze(1))  # noqa: E731
+    else:
+        raise ValueError(f"unknown implementation {name!r}")
+
+    if loss_only:
+        cosines = head(x).detach().requires_grad_()
+
+        def step():
+            loss_fn(cosines, labels).backward()
+
+    else:
+        cosines = None
+
+        def step():
+            loss_fn(head(x), labels).backward()
+
+    def zero():
+        if cosines is not None:
+            cosines.grad = None
+        x.grad = None
+        head.weight.grad = None
+        if isinstance(loss_fn, torch.nn.Module):
+            loss_fn.zero_grad(set_to_none=True)
+
+    return step, zero
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure_peak_memory(name, batch, dim, classes, loss_only):
+    """Run in a fresh process: bytes of peak RSS above the RSS before one step."""
+    step, zero = make_step(name, batch, dim, classes, loss_only=loss_only)
+    step()
+    zero()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak-RSS counter (VmHWM) to the current RSS
+    before = _status_kb("VmRSS")
+    step()
+    return (_status_kb("VmHWM") - before) * 1024
+
+
+def peak_memory_in_subprocess(name, batch, dim, classes, loss_only=False):
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
+    code = (
+        "import json, sys; sys.path.insert(0, %r); "
+        "from bench_loss import measure_peak_memory; "
+        "print(json.dumps(measure_peak_memory(%r, %d, %d, %d, %r)))"
+    ) % (os.path.dirname(os.path.abspath(__file__)), name, batch, dim, classes, loss_only)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def time_round_robin(batch, dim, classes, warmup, repeats, loss_only=False):
+    steps = {
+        name: make_step(name, batch, dim, classes, loss_only=loss_only) for name in IMPLEMENTATIONS
+    }
+    times = {name: [] for name in IMPLEMENTATIONS}
+    for round_index in range(warmup + repeats):
+        for name, (step, zero) in steps.items():
+            zero()
+            start = time.perf_counter()
+            step()
+            elapsed = time.perf_counter() - start
+            if round_index >= warmup:
+                times[name].append(elapsed)
+    return times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--classes", type=int, nargs="+", default=[5994, 17982, 100000])
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load average {os.getloadavg()[0]:.2f}, B={args.batch}, D={args.dim}")
+    print()
+    print("| C | impl | time ms (median) | time / floor | spread (IQR/median) "
+          "| step peak MB | step peak - floor, [B,C] f32 buffers "
+          "| loss-only peak - floor, [B,C] f32 buffers | loss-only time ms (median) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for classes in args.classes:
+        times = time_round_robin(args.batch, args.dim, classes, args.warmup, args.repeats)
+        loss_times = time_round_robin(
+            args.batch, args.dim, classes, args.warmup, args.repeats, loss_only=True
+        )
+        memory = {
+            name: peak_memory_in_subprocess(name, args.batch, args.dim, classes)
+            for name in IMPLEMENTATIONS
+        }
+        loss_memory = {
+            name: peak_memory_in_subprocess(name, args.batch, args.dim, classes, True)
+            for name in IMPLEMENTATIONS
+        }
+        buffer = 4 * args.batch * classes
+        floor_time = statistics.median(times["floor"])
+        for name in IMPLEMENTATIONS:
+            median = statistics.median(times[name])
+            q = statistics.quantiles(times[name], n=4)
+            print(
+                f"| {classes} | {name} | {median * 1e3:.1f} | {median / floor_time:.2f} "
+                f"| {(q[2] - q[0]) / median:.2f} | {memory[name] / 1e6:.0f} "
+                f"| {(memory[name] - memory['floor']) / buffer:+.2f} "
+                f"| {(loss_memory[name] - loss_memory['floor']) / buffer:+.2f} "
+                f"| {statistics.median(loss_times[name]) * 1e3:.1f} |",
+                flush=True,
+            )
+    print()
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
