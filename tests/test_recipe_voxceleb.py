@@ -17,12 +17,21 @@ TRAIN = ROOT / "recipes" / "VoxCeleb" / "train.py"
 SCORE = ROOT / "recipes" / "VoxCeleb" / "score.py"
 
 # A tiny ResNet and a short schedule: the recipe's real defaults stay the paper's.
-TINY = [
-    "--device=cpu", "--num_workers=0", "--augment=False", "--speed_perturb=False",
-    "--n_mels=40", "--resnet_channels=[8,8,16,16]", "--resnet_blocks=[1,1,1,1]", "--emb_dim=64",
-    "--batch_size=32", "--dev_speakers=4", "--dev_trials=60", "--warmup_epochs=0",
-    "--lr=0.05", "--final_lr=0.01", "--margin_start_epoch=0", "--margin_fix_epoch=1",
-]
+TINY_SETTINGS = {
+    "device": "cpu", "num_workers": 0, "augment": False, "speed_perturb": False,
+    "n_mels": 40, "resnet_channels": "[8,8,16,16]", "resnet_blocks": "[1,1,1,1]", "emb_dim": 64,
+    "batch_size": 32, "dev_speakers": 4, "dev_trials": 60, "warmup_epochs": 0,
+    "lr": 0.05, "final_lr": 0.01, "margin_start_epoch": 0, "margin_fix_epoch": 1,
+}
+
+
+def tiny(**changes):
+    """Command-line overrides: the tiny settings with ``changes`` (None drops a key)."""
+    settings = {**TINY_SETTINGS, **changes}
+    return [f"--{key}={value}" for key, value in settings.items() if value is not None]
+
+
+TINY = tiny()
 
 
 def run(script, *args, check=True, timeout=900):
@@ -100,9 +109,8 @@ def test_kill_and_rerun_resumes(librispeech_voxceleb_tree, tmp_path):
     checkpoint (margin-scheduler state included) and finishes."""
     tree = librispeech_voxceleb_tree
     out = tmp_path / "resume"
-    args = [sys.executable, str(TRAIN), "hparams/train.yaml", *TINY, f"--data_folder={tree.root}",
-            f"--output_folder={out}", "--number_of_epochs=3", "--average_last=1",
-            "--margin_fix_epoch=3", "--dev_speakers=0"]
+    args = [sys.executable, str(TRAIN), "hparams/train.yaml", *tiny(margin_fix_epoch=3, dev_speakers=0),
+            f"--data_folder={tree.root}", f"--output_folder={out}", "--number_of_epochs=3", "--average_last=1"]
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while epochs_logged(out) != [1] and time.time() < deadline and process.poll() is None:
@@ -117,7 +125,7 @@ def test_kill_and_rerun_resumes(librispeech_voxceleb_tree, tmp_path):
     log = (out / "train_log.txt").read_text().splitlines()
     margins = [float(line.split("margin: ")[1].split(" ")[0]) for line in log]
     # the exp ramp over epochs 0..3 continued where it stopped
-    assert margins[0] < margins[1] < margins[2] == pytest.approx(0.2)
+    assert margins[0] < margins[1] < margins[2] == pytest.approx(0.2), log
     assert (out / "model" / "embedding_model.ckpt").is_file()
 
 
@@ -127,6 +135,7 @@ def test_bad_input_is_a_one_line_error(case, librispeech_voxceleb_tree, tmp_path
     data = tree.root
     trials = tmp_path / "trials.txt"
     extra = []
+    settings = {}
     if case == "missing_folder":
         data = tmp_path / "nowhere"
     elif case == "unknown_trial_id":
@@ -136,11 +145,10 @@ def test_bad_input_is_a_one_line_error(case, librispeech_voxceleb_tree, tmp_path
         trials.write_text("1 only_two_fields.wav\n")
         extra = [f"--trial_lists=[{trials}]"]
     else:
-        extra = ["--augment=True"]
+        settings = {"augment": True}
     out = tmp_path / "out"
-    tiny = [a for a in TINY if not a.startswith("--augment")]
-    result = run(TRAIN, "hparams/train.yaml", *tiny, f"--data_folder={data}", f"--output_folder={out}",
-                 *extra, check=False)
+    result = run(TRAIN, "hparams/train.yaml", *tiny(**settings), f"--data_folder={data}",
+                 f"--output_folder={out}", *extra, check=False)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: "), result.stderr[-2000:]

@@ -103,12 +103,16 @@ class SpeakerBrain(sb.core.Brain):
         valid = {}
         if self.dev is not None:
             valid["EER"] = self.validation_eer()
-        self.hparams.train_logger.log_stats(stats_meta=meta, train_stats=stats, valid_stats=valid or None)
+        # The epoch is over: Brain resets its batch counter only after this hook, and the
+        # counter is part of the checkpoint; a resumed run must start the next epoch at 0.
+        self.step = 0
         self.checkpointer.save_and_keep_only(
             meta={"epoch": epoch, **valid},
             num_to_keep=self.hparams.average_last,
             ckpt_predicate=lambda c: "epoch" in c.meta,
         )
+        # Logged after the checkpoint: an epoch in the log is an epoch a rerun resumes after.
+        self.hparams.train_logger.log_stats(stats_meta=meta, train_stats=stats, valid_stats=valid or None)
 
     def validation_eer(self):
         """EER (%) on the held-out speakers' trial list, full utterances, cosine scoring."""
