@@ -43,19 +43,22 @@ $PY recipes/VoxCeleb/score.py hparams/verification.yaml --device=cpu \
     --model_folder="$OUT/lmf/model" --data_prep_folder="$OUT/train/data" \
     --output_folder="$OUT/scores" --cohort_utterances_per_speaker=4
 
-echo "== 4/4 the model folder loads with SpeechBrain's SpeakerRecognition"
-$PY - "$OUT" <<'PYEOF'
-import csv, sys
-from speechbrain.inference.speaker import SpeakerRecognition
-out = sys.argv[1]
-model = SpeakerRecognition.from_hparams(source=f"{out}/lmf/model", savedir=f"{out}/lmf/model_loaded")
-rows = list(csv.DictReader(open(f"{out}/train/data/test.csv")))
-by_spk = {}
-for r in rows: by_spk.setdefault(r["spk_id"], []).append(r["wav"])
-a, b = sorted(by_spk)[:2]
-same, _ = model.verify_files(by_spk[a][0], by_spk[a][-1])
-diff, _ = model.verify_files(by_spk[a][0], by_spk[b][0])
-print(f"same speaker ({a}): cosine {same.item():.3f}; different speakers ({a}, {b}): cosine {diff.item():.3f}")
+echo "== 4/4 export a hub-ready pretrained folder and verify two files with it"
+ENROL=$(awk -F, 'NR==2 {print $3}' "$OUT/train/data/test.csv")
+SPK=$(awk -F, 'NR==2 {print $6}' "$OUT/train/data/test.csv")
+SAME=$(awk -F, -v s="$SPK" 'NR>2 && $6==s {f=$3} END {print f}' "$OUT/train/data/test.csv")
+OTHER=$(awk -F, -v s="$SPK" 'NR>1 && $6!=s {print $3; exit}' "$OUT/train/data/test.csv")
+$PY recipes/VoxCeleb/export.py "$OUT/lmf/model" "$OUT/exported" \
+    --results "$OUT/scores/results.json" --train-embeddings "$OUT/scores/embeddings_train.npz" \
+    --name "sb_sphereface2 demo (SphereFace2-C, small ResNet, espeak-ng voices)"
+$PY - "$OUT/exported" "$ENROL" "$SAME" "$OTHER" <<'PYEOF'
+import sys
+from sb_sphereface2.export import load_pretrained
+model = load_pretrained(sys.argv[1])  # SpeechBrain's SpeakerRecognition, offline
+enrol, same, other = sys.argv[2:]
+for name, test in (("same speaker", same), ("different speakers", other)):
+    score, decision = model.verify_files(enrol, test)
+    print(f"verify_files, {name}: cosine {float(score):.3f}, accepted at 0.25: {bool(decision)}")
 PYEOF
 echo "== results ($OUT/scores/results.md)"
 cat "$OUT/scores/results.md"
