@@ -55,6 +55,27 @@ class SpeakerBrain(sb.core.Brain):
             self.batches_per_epoch = len(loader)
         return loader
 
+    def _wrap_distributed(self):
+        """DDP-wrap the trainable modules, as Brain does, except that a sharded head (its
+        rows differ between processes; it averages its own gradient) is left alone and
+        SyncBatchNorm is used on GPUs only (it has no CPU kernels; gloo runs keep per-process
+        batch statistics)."""
+        if not self.distributed_launch:
+            return super()._wrap_distributed()
+        from torch.nn.parallel import DistributedDataParallel
+
+        on_gpu = torch.device(self.device).type == "cuda"
+        for name, module in self.modules.items():
+            if getattr(module, "is_sharded", False) or not any(p.requires_grad for p in module.parameters()):
+                continue
+            if on_gpu:
+                module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+            self.modules[name] = DistributedDataParallel(
+                module,
+                device_ids=[self.device] if on_gpu and self.distributed_backend != "gloo" else None,
+                find_unused_parameters=self.find_unused_parameters,
+            )
+
     def on_fit_batch_start(self, batch, should_step):
         epoch = self.hparams.epoch_counter.current
         index = self.step - 1  # Brain counts batches from 1
@@ -219,7 +240,8 @@ def average_into_model_folder(brain, hparams, stage_file, overrides, num_classes
         raise RuntimeError(f"no epoch checkpoint in {hparams['save_folder']} to average")
     states = {}
     for name in ("embedding_model", "classifier", "compute_cost"):
-        if len(list(hparams[name].state_dict())) == 0:
+        module = hparams[name]  # (a sharded head's state_dict is a collective: not called here)
+        if not list(module.parameters()) and not list(module.buffers()):
             continue
         states[name] = average_checkpoints(checkpoints, name)
     text = inference_hparams_yaml(stage_file, overrides, num_classes=num_classes)
@@ -235,6 +257,7 @@ def average_into_model_folder(brain, hparams, stage_file, overrides, num_classes
 
 def main(argv):
     stage_file, run_opts, overrides = sb.parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless started by torchrun
     settings = peek_hparams(stage_file, overrides)
     check_settings(settings)
     sb.create_experiment_directory(
