@@ -37,6 +37,8 @@ SpeechBrain ``Checkpointer`` save hook of the head runs on every process and wri
 on the main one.
 """
 
+import os
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -407,3 +409,51 @@ class ShardedSphereFace2Loss(SphereFace2Loss):
         out = cos.new_full((batch, self.num_classes), float("-inf"))
         out.scatter_(1, where[rows].unsqueeze(1), best[rows].unsqueeze(1))
         return out.unsqueeze(1)
+
+
+def _rank_path(path, rank):
+    path = os.fspath(path)
+    return path if rank == 0 else f"{path}.rank{rank}"
+
+
+def save_optimizer_per_process(optimizer, path):
+    """Checkpointer save hook for an optimizer that updates a sharded head: every process
+    saves its own state (its shard's momentum differs from the others'); the main process
+    writes ``path``, process r writes ``path.rank<r>``.
+
+    Use as ``checkpointer.add_recoverable("optimizer", optimizer,
+    custom_save_hook=save_optimizer_per_process, custom_load_hook=load_optimizer_per_process)``
+    (custom hooks run on every process).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1, momentum=0.9)
+    >>> path = os.path.join(tempfile.mkdtemp(), "optimizer.ckpt")
+    >>> save_optimizer_per_process(opt, path)
+    >>> load_optimizer_per_process(opt, path, end_of_epoch=True)
+    """
+    world, rank = world_and_rank()
+    torch.save({"world_size": world, "state": optimizer.state_dict()}, _rank_path(path, rank))
+
+
+def load_optimizer_per_process(optimizer, path, end_of_epoch=False):
+    """Checkpointer load hook matching ``save_optimizer_per_process`` (each process reads
+    its own file). Also reads a plain optimizer checkpoint. ValueError if the checkpoint
+    was saved with another number of processes (a shard's optimizer state cannot be
+    re-split; resume with the same number, or start the optimizer afresh)."""
+    del end_of_epoch
+    world, rank = world_and_rank()
+    saved = torch.load(path, map_location="cpu")
+    if not (isinstance(saved, dict) and set(saved) == {"world_size", "state"}):
+        optimizer.load_state_dict(saved)
+        return
+    if saved["world_size"] != world:
+        raise ValueError(
+            f"{path}: optimizer state saved with {saved['world_size']} processes, resuming "
+            f"with {world}; the sharded head's optimizer state cannot be re-split: resume "
+            f"with {saved['world_size']} processes"
+        )
+    if rank != 0:
+        saved = torch.load(_rank_path(path, rank), map_location="cpu")
+    optimizer.load_state_dict(saved["state"])

@@ -76,6 +76,17 @@ class SpeakerBrain(sb.core.Brain):
                 find_unused_parameters=self.find_unused_parameters,
             )
 
+    def init_optimizers(self):
+        super().init_optimizers()
+        if self.checkpointer is not None and any(getattr(m, "is_sharded", False) for m in self.modules.values()):
+            from sb_sphereface2.sharded import load_optimizer_per_process, save_optimizer_per_process
+
+            # Each process's optimizer state covers its own head rows: save one file per process.
+            self.checkpointer.add_recoverable(
+                "optimizer", self.optimizer,
+                custom_save_hook=save_optimizer_per_process, custom_load_hook=load_optimizer_per_process,
+            )
+
     def on_fit_batch_start(self, batch, should_step):
         epoch = self.hparams.epoch_counter.current
         index = self.step - 1  # Brain counts batches from 1
