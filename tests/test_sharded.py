@@ -190,3 +190,82 @@ def test_bad_input():
     with pytest.raises(ValueError, match="expected cosines"):
         loss_fn(torch.zeros(2, 1, CLASSES + 1), torch.tensor([0, 1]))
     assert math.isfinite(loss_fn(torch.zeros(2, 1, CLASSES), torch.tensor([0, 1])).item())
+
+
+STEPS = 4
+
+
+def _encoder():
+    torch.manual_seed(5)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, DIM)).double()
+
+
+def _training_data():
+    gen = torch.Generator().manual_seed(11)
+    feats = torch.randn(STEPS, WORLD * BATCH, 4, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, CLASSES, (STEPS, WORLD * BATCH), generator=gen)
+    return feats, labels
+
+
+def _initial_head_weight():
+    return torch.randn(CLASSES, DIM, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+
+
+def _train_steps(encoder, head, loss_fn, feats, labels):
+    """SGD with momentum over the given batches; per-step losses."""
+    params = list(encoder.parameters()) + list(head.parameters()) + list(loss_fn.parameters())
+    optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    losses = []
+    for step in range(STEPS):
+        optimizer.zero_grad()
+        loss = loss_fn(head(encoder(feats[step])), labels[step])
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach().clone())
+    return torch.stack(losses)
+
+
+def _ddp_training_worker(rank, out_dir, sharded):
+    from torch.nn.parallel import DistributedDataParallel
+
+    from sb_sphereface2.sphereface2 import SphereFace2Loss
+
+    feats, labels = _training_data()
+    rows = slice(rank * BATCH, (rank + 1) * BATCH)  # this process's part of every global batch
+    encoder = DistributedDataParallel(_encoder())
+    if sharded:  # head left out of DDP, as the recipe does
+        head = ShardedSphereFace2Head(DIM, CLASSES).double()
+        loss_fn = DistributedDataParallel(ShardedSphereFace2Loss(CLASSES, **SETTINGS).double())
+    else:  # replicated head, ordinary DDP
+        head = DistributedDataParallel(SphereFace2Head(DIM, CLASSES).double())
+        loss_fn = DistributedDataParallel(SphereFace2Loss(CLASSES, **SETTINGS).double())
+    (head.module if not sharded else head).load_state_dict({"weight": _initial_head_weight()})
+    losses = _train_steps(encoder, head, loss_fn, feats[:, rows], labels[:, rows])
+    dist.all_reduce(losses)
+    full_head = (head if sharded else head.module).state_dict()  # collective when sharded
+    torch.save(
+        {"losses": losses / WORLD, "encoder": encoder.module.state_dict(), "head": full_head,
+         "bias": loss_fn.module.bias.detach()},
+        os.path.join(out_dir, f"train{rank}.pt"),
+    )
+
+
+@pytest.mark.parametrize("sharded", [True, False], ids=["sharded_head", "replicated_head"])
+def test_ddp_training_equals_one_process_with_the_global_batch(tmp_path, sharded):
+    from sb_sphereface2.sphereface2 import SphereFace2Loss
+
+    _spawn(_ddp_training_worker, str(tmp_path), sharded)
+    # One process, batches of WORLD x BATCH, the unsharded head and loss.
+    feats, labels = _training_data()
+    encoder, head = _encoder(), SphereFace2Head(DIM, CLASSES).double()
+    head.load_state_dict({"weight": _initial_head_weight()})
+    loss_fn = SphereFace2Loss(CLASSES, **SETTINGS).double()
+    losses = _train_steps(encoder, head, loss_fn, feats, labels)
+    assert losses[-1] < losses[0]  # it learns: the comparison is not between frozen models
+    for rank in range(WORLD):
+        result = torch.load(tmp_path / f"train{rank}.pt")
+        torch.testing.assert_close(result["losses"], losses, rtol=1e-9, atol=0)
+        for name, value in encoder.state_dict().items():
+            torch.testing.assert_close(result["encoder"][name], value, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(result["head"]["weight"], head.weight.detach(), rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(result["bias"], loss_fn.bias.detach(), rtol=1e-9, atol=1e-12)
