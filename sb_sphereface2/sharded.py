@@ -116,11 +116,11 @@ def all_gather_rows(tensor):
     return torch.cat([part[:size] for part, size in zip(parts, sizes)])
 
 
-def _check_equal_batches(batch):
+def _check_equal_batches(batch, device):
     """Raise ValueError unless every process has ``batch`` rows; return the world size."""
     world, _ = world_and_rank()
     if world > 1:
-        sizes = all_gather_rows(torch.tensor([batch]))
+        sizes = all_gather_rows(torch.tensor([batch], device=device))
         if not bool((sizes == batch).all()):
             raise ValueError(
                 f"the sharded head needs the same batch size on every process, got {sizes.tolist()} "
@@ -235,7 +235,7 @@ class ShardedSphereFace2Head(torch.nn.Module):
                 f"{self.weight.shape[1]}], got {tuple(x.shape)}"
             )
         weight = self.weight
-        if _check_equal_batches(x.shape[0]) > 1:
+        if _check_equal_batches(x.shape[0], x.device) > 1:
             x = _GatherRows.apply(x)
             weight = _ScaleGradient.apply(weight, 1.0 / self.world_size)
         return F.linear(F.normalize(x, dim=-1), F.normalize(weight, dim=-1)).unsqueeze(1)

@@ -12,7 +12,9 @@ Stage 2 (large-margin fine-tuning from stage 1's model folder)::
         --pretrained_model=results/resnet34_sphereface2_c/1986/model ...
 
 Switch blocks with ``--model=ecapa_tdnn`` / ``--loss=aam`` (see hparams/train.yaml). Runs under
-``torchrun --nproc_per_node=N`` (batch_size is per process) and ``--precision=bf16|fp16``.
+``torchrun --standalone --nproc_per_node=N`` (batch_size is per process: the global batch is
+N x batch_size; add ``--distributed_backend=gloo`` on CPU) and ``--precision=bf16|fp16``.
+``hparams/train_sharded.yaml`` splits the head's classes across the processes.
 Interrupt it and run the same command again: it resumes from the last checkpoint.
 At the end the last ``average_last`` epoch checkpoints are averaged into ``model_folder``,
 a SpeechBrain pretrained-model folder.
