@@ -340,8 +340,8 @@ class ShardedSphereFace2Loss(SphereFace2Loss):
     the global batch.
 
     Same arguments as ``SphereFace2Loss`` (``num_classes`` is the total C; the
-    closed-form bias uses it; ``implementation`` is ignored: the block loss is the plain
-    form on [N * B, C / N]). ``forward(outputs, targets)`` takes the head's cosines
+    closed-form bias uses it; ``implementation`` is always "plain": the block loss is the
+    eager form on [N * B, C / N]). ``forward(outputs, targets)`` takes the head's cosines
     [N * B, 1, C_local] and this process's labels [B] or [B, 1], all-gathers the labels,
     and returns N times this block's share of the global-batch loss (see the module
     docstring: the mean over processes is the loss, and gradients follow DDP's
@@ -357,6 +357,10 @@ class ShardedSphereFace2Loss(SphereFace2Loss):
     >>> loss_fn.training_logits(cos, y).shape
     torch.Size([3, 1, 5])
     """
+
+    def __init__(self, num_classes, **settings):
+        settings["implementation"] = "plain"  # what the class block loss is
+        super().__init__(num_classes, **settings)
 
     def _flatten(self, outputs, targets):
         world, rank = world_and_rank()
