@@ -12,7 +12,9 @@ Stage 2 (large-margin fine-tuning from stage 1's model folder)::
         --pretrained_model=results/resnet34_sphereface2_c/1986/model ...
 
 Switch blocks with ``--model=ecapa_tdnn`` / ``--loss=aam`` (see hparams/train.yaml). Runs under
-``torchrun --nproc_per_node=N`` (batch_size is per process) and ``--precision=bf16|fp16``.
+``torchrun --standalone --nproc_per_node=N`` (batch_size is per process: the global batch is
+N x batch_size; add ``--distributed_backend=gloo`` on CPU) and ``--precision=bf16|fp16``.
+``hparams/train_sharded.yaml`` splits the head's classes across the processes.
 Interrupt it and run the same command again: it resumes from the last checkpoint.
 At the end the last ``average_last`` epoch checkpoints are averaged into ``model_folder``,
 a SpeechBrain pretrained-model folder.
@@ -54,6 +56,38 @@ class SpeakerBrain(sb.core.Brain):
         if stage == sb.Stage.TRAIN:
             self.batches_per_epoch = len(loader)
         return loader
+
+    def _wrap_distributed(self):
+        """DDP-wrap the trainable modules, as Brain does, except that a sharded head (its
+        rows differ between processes; it averages its own gradient) is left alone and
+        SyncBatchNorm is used on GPUs only (it has no CPU kernels; gloo runs keep per-process
+        batch statistics)."""
+        if not self.distributed_launch:
+            return super()._wrap_distributed()
+        from torch.nn.parallel import DistributedDataParallel
+
+        on_gpu = torch.device(self.device).type == "cuda"
+        for name, module in self.modules.items():
+            if getattr(module, "is_sharded", False) or not any(p.requires_grad for p in module.parameters()):
+                continue
+            if on_gpu:
+                module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+            self.modules[name] = DistributedDataParallel(
+                module,
+                device_ids=[self.device] if on_gpu and self.distributed_backend != "gloo" else None,
+                find_unused_parameters=self.find_unused_parameters,
+            )
+
+    def init_optimizers(self):
+        super().init_optimizers()
+        if self.checkpointer is not None and any(getattr(m, "is_sharded", False) for m in self.modules.values()):
+            from sb_sphereface2.sharded import load_optimizer_per_process, save_optimizer_per_process
+
+            # Each process's optimizer state covers its own head rows: save one file per process.
+            self.checkpointer.add_recoverable(
+                "optimizer", self.optimizer,
+                custom_save_hook=save_optimizer_per_process, custom_load_hook=load_optimizer_per_process,
+            )
 
     def on_fit_batch_start(self, batch, should_step):
         epoch = self.hparams.epoch_counter.current
@@ -219,7 +253,8 @@ def average_into_model_folder(brain, hparams, stage_file, overrides, num_classes
         raise RuntimeError(f"no epoch checkpoint in {hparams['save_folder']} to average")
     states = {}
     for name in ("embedding_model", "classifier", "compute_cost"):
-        if len(list(hparams[name].state_dict())) == 0:
+        module = hparams[name]  # (a sharded head's state_dict is a collective: not called here)
+        if not list(module.parameters()) and not list(module.buffers()):
             continue
         states[name] = average_checkpoints(checkpoints, name)
     text = inference_hparams_yaml(stage_file, overrides, num_classes=num_classes)
@@ -235,6 +270,7 @@ def average_into_model_folder(brain, hparams, stage_file, overrides, num_classes
 
 def main(argv):
     stage_file, run_opts, overrides = sb.parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless started by torchrun
     settings = peek_hparams(stage_file, overrides)
     check_settings(settings)
     sb.create_experiment_directory(
