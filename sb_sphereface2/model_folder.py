@@ -15,6 +15,7 @@ import os
 import shutil
 
 import ruamel.yaml
+import ruamel.yaml.tag
 import torch
 from hyperpyyaml import resolve_references
 
@@ -73,6 +74,10 @@ def inference_hparams_yaml(stage_file, overrides=None, **extra):
     }
     for key in ("compute_features", "mean_var_norm", "embedding_model", "classifier"):
         out[key] = tree[key]
+    # A head sharded across DDP processes is saved whole: inference uses the plain head.
+    tag = getattr(out["classifier"], "tag", None)
+    if tag is not None and tag.value == "!new:sb_sphereface2.sharded.ShardedSphereFace2Head":
+        out["classifier"].yaml_set_ctag(ruamel.yaml.tag.Tag(suffix="!new:sb_sphereface2.SphereFace2Head"))
     text = io.StringIO()
     yaml.dump(out, text)
     modules = "\n".join(

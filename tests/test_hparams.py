@@ -98,3 +98,24 @@ def test_verification_yaml_loads(tmp_path):
     with open(HPARAMS / "verification.yaml") as handle:
         hp = load_hyperpyyaml(handle, {"model_folder": str(tmp_path / "m"), "data_prep_folder": str(tmp_path)})
     assert hp["top_n"] == 300
+
+
+@pytest.mark.parametrize("stage", sorted(p.name for p in HPARAMS.glob("*.yaml") if p.name != "verification.yaml"))
+def test_every_stage_file_loads(stage, tmp_path):
+    """Each top-level stage file instantiates as it is (one process), small widths only."""
+    from sb_sphereface2.recipe_hparams import peek_hparams
+
+    overrides = {"data_folder": str(tmp_path), "output_folder": str(tmp_path / "out")}
+    if "pretrained_model: !PLACEHOLDER" in compose_hparams_yaml(str(HPARAMS / stage), overrides):
+        overrides["pretrained_model"] = str(tmp_path / "m")
+    model = peek_hparams(str(HPARAMS / stage), overrides)["model"]
+    hp = load_recipe_hparams(str(HPARAMS / stage), {**overrides, **SMALL[model]}, num_classes=9)
+    emb = hp["embedding_model"].eval()(torch.randn(2, 120, hp["n_mels"]), torch.ones(2))
+    assert hp["classifier"](emb).shape == (2, 1, 9)
+
+
+def test_sharded_stage_exports_the_plain_head():
+    from sb_sphereface2.model_folder import inference_hparams_yaml
+
+    text = inference_hparams_yaml(str(HPARAMS / "train_sharded.yaml"), {"data_folder": "x"}, num_classes=7)
+    assert "classifier: !new:sb_sphereface2.SphereFace2Head" in text and "Sharded" not in text
