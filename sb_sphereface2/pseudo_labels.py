@@ -34,6 +34,7 @@ from tqdm import tqdm
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.linalg import eigh
 
+from sb_sphereface2.embeddings_io import load_embeddings
 from sb_sphereface2.training_csv import read_training_csv, write_json, write_training_csv
 
 METHODS = ("ahc", "spectral", "kmeans")
@@ -442,35 +443,6 @@ def write_pseudo_label_csv(in_csv, ids, labels, out_csv, prefix="pseudo", speake
     return [row[speaker_column] for row in out_rows]
 
 
-def load_embeddings_npz(path):
-    """``(ids, embeddings, speakers or None)`` from an .npz with arrays ``ids``,
-    ``embeddings`` and optionally ``speakers``.
-
-    Example
-    -------
-    >>> import tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "e.npz")
-    >>> np.savez(path, ids=np.array(["u1", "u2"]), embeddings=np.eye(2, dtype=np.float32))
-    >>> ids, emb, spk = load_embeddings_npz(path)
-    >>> ids, emb.shape, spk
-    (['u1', 'u2'], (2, 2), None)
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"embeddings file not found: {path}")
-    with np.load(path, allow_pickle=False) as data:
-        for name in ("ids", "embeddings"):
-            if name not in data.files:
-                raise ValueError(f"{path}: no array {name!r} (has {data.files})")
-        ids = [str(i) for i in data["ids"].tolist()]
-        embeddings = np.asarray(data["embeddings"])
-        speakers = [str(s) for s in data["speakers"].tolist()] if "speakers" in data.files else None
-    if embeddings.ndim != 2 or embeddings.shape[0] != len(ids):
-        raise ValueError(f"{path}: embeddings shape {embeddings.shape} does not match {len(ids)} ids")
-    if speakers is not None and len(speakers) != len(ids):
-        raise ValueError(f"{path}: {len(speakers)} speakers for {len(ids)} ids")
-    return ids, embeddings, speakers
-
-
 def report_path(out_csv):
     """Path of the JSON report written beside ``out_csv``.
 
@@ -529,7 +501,7 @@ def pseudo_label(
     >>> report["scores"]["nmi"], report["cluster_sizes"]
     (1.0, [4, 4])
     """
-    ids, embeddings, speakers = load_embeddings_npz(embeddings_path)
+    ids, embeddings, speakers = load_embeddings(embeddings_path)
     fieldnames, rows = read_training_csv(in_csv, required=("ID",))
     position = {utt: i for i, utt in enumerate(ids)}
     if len(position) != len(ids):

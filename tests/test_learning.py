@@ -18,6 +18,7 @@ import soundfile
 import torch
 from speechbrain.lobes.features import MFCC
 
+from sb_sphereface2.corpus_split import split_recordings
 from sb_sphereface2.metrics import compute_eer
 from sb_sphereface2.scoring import score_trials
 from sb_sphereface2.trials import read_trials
@@ -48,34 +49,9 @@ def run(script, *args):
 
 @pytest.fixture(scope="module")
 def quarters_corpus(tmp_path_factory):
-    """Recordings of at least 6 s: held-out speakers as quarters, the others as halves."""
     if not LIBRISPEECH_MINI.is_dir():
         pytest.fail(f"librispeech-mini not found at {LIBRISPEECH_MINI} (../shared/data beside the repo)")
-    root = tmp_path_factory.mktemp("quarters")
-    data = root / "data"
-    files = sorted(LIBRISPEECH_MINI.glob("*/*/*.flac"))
-    speakers = sorted({f.parent.parent.name for f in files})
-    held_out = set(speakers[::4])
-    test_speakers = []
-    for path in files:
-        speaker = path.parent.parent.name
-        audio, rate = soundfile.read(path, dtype="float32")
-        if len(audio) < 6 * rate:
-            continue
-        pieces = 4 if speaker in held_out else 2
-        size = len(audio) // pieces
-        for k in range(pieces):
-            folder = data / speaker / f"s{1 + k * 2 // pieces}"
-            folder.mkdir(parents=True, exist_ok=True)
-            soundfile.write(folder / f"{k + 1:05d}.flac", audio[k * size:(k + 1) * size], rate)
-        if speaker in held_out:
-            test_speakers.append(speaker)
-    trials = root / "quarter_trials.txt"
-    trials.write_text("".join(
-        f"{int(a == b)} {a}/s1/{e:05d}.flac {b}/s2/{t:05d}.flac\n"
-        for a in test_speakers for b in test_speakers for e in (1, 2) for t in (3, 4)
-    ))
-    return data, trials
+    return split_recordings(LIBRISPEECH_MINI, tmp_path_factory.mktemp("quarters"))
 
 
 def mfcc_baseline_eer(data, trials):
@@ -97,7 +73,7 @@ def recipe_eer(model_folder, data_prep, out):
         f"--model_folder={model_folder}", f"--data_prep_folder={data_prep}", f"--output_folder={out}",
         "--cohort_utterances_per_speaker=1", "--calibrate=False")
     results = json.loads((out / "results.json").read_text())["results"]
-    return results["quarter_trials (cosine)"]["eer_percent"]
+    return results["trials (cosine)"]["eer_percent"]
 
 
 def test_trained_model_beats_untrained_and_mfcc(quarters_corpus, tmp_path):

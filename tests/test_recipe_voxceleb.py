@@ -157,3 +157,25 @@ def test_bad_input_is_a_one_line_error(case, librispeech_voxceleb_tree, tmp_path
     assert expected in last
     assert "Traceback" not in result.stderr
     assert not (out / "model").exists() and not (out / "data" / "train.csv").exists()
+
+
+def test_noisy_label_experiment_runs_end_to_end(librispeech_voxceleb_tree, tmp_path):
+    """recipes/VoxCeleb/noisy_labels.py on tiny data: every condition x loss gets a row."""
+    tree = librispeech_voxceleb_tree
+    out = tmp_path / "noise"
+    train_args = " ".join(tiny(number_of_epochs=1, dev_speakers=0))
+    result = run(ROOT / "recipes" / "VoxCeleb" / "noisy_labels.py", f"--data_folder={tree.root}",
+                 f"--trials={tree.trial_lists[0]}", f"--output_folder={out}", "--fractions", "0.5",
+                 f"--train_args={train_args}")
+    results = json.loads((out / "results.json").read_text())
+    rows = results["results"]
+    assert set(rows) == {f"{c} / {loss}" for c in ("clean", "noise 0.5 (merge)", "pseudo-labels")
+                         for loss in ("sphereface2_c", "aam")}
+    assert all(0 <= r["eer_percent"] <= 100 for r in rows.values())
+    details = results["settings"]["details"]
+    clean_csv = out / "clean_sphereface2_c" / "data" / "train.csv"
+    speakers = {line.split(",")[5] for line in clean_csv.read_text().splitlines()[1:]}
+    assert details["pseudo"]["num_clusters"] == len(speakers)  # the speaker count is given
+    assert "nmi" in details["pseudo"]
+    noisy = (out / "noise0.5.csv").read_text()
+    assert noisy != clean_csv.read_text()

@@ -282,7 +282,10 @@ def main(argv):
     run_on_main(lambda: prepared.update(prepare_data(settings)))
     if not prepared:  # other DDP processes: read what the main one wrote
         prepared = prepare_data(settings)
-    train_csv = prepared["train_csv"]
+    # --train_csv replaces the prepared training list (e.g. noisy or pseudo labels).
+    train_csv = settings.get("train_csv") or prepared["train_csv"]
+    if not os.path.isfile(train_csv):
+        raise FileNotFoundError(f"train_csv not found: {train_csv}")
     encoder, encoder_path = label_encoder_for(settings, train_csv)
     num_classes = len(encoder)
 
