@@ -11,7 +11,10 @@ Module map (one concept per module):
 - ``trials``, ``embedding``, ``embeddings_io``, ``metrics``, ``score_norm``, ``calibration``,
   ``scoring``, ``plots``, ``score`` (CLI): verification scoring
 - ``recipe_hparams``, ``model_folder``: recipe hyperparameters and pretrained-model folders
-- ``label_noise``, ``pseudo_labels``: noisy and pseudo labels
+- ``lean``: the chunked loss + gradient used by SphereFace2Loss by default
+- ``sharded``: class weights split across DDP processes
+- ``label_noise``, ``pseudo_labels``, ``corpus_split``: noisy and pseudo labels, splits
+- ``export``: hub-ready pretrained folders, encoder initialisation from one
 """
 
 from sb_sphereface2.aam import AAMLoss
