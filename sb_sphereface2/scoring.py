@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from sb_sphereface2.atomic_files import write_text_atomic
 from sb_sphereface2.metrics import (
     check_scores,
     compute_actual_dcf,
@@ -275,14 +276,6 @@ def evaluate(scores, labels, p_targets=(0.01, 0.05), llrs=None):
     return results
 
 
-def _atomic_write_text(path, text):
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def write_scores(path, trials, scores, llrs=None):
     """Write ``label enrol test score [llr]`` lines (IDs without extension), atomically.
 
@@ -301,7 +294,7 @@ def write_scores(path, trials, scores, llrs=None):
     if llrs is not None:
         columns.append(np.char.mod("%.6f", np.asarray(llrs, dtype=np.float64)))
     lines = [" ".join(fields) for fields in zip(*(c.tolist() for c in columns))]
-    _atomic_write_text(path, "\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 _COLUMNS = [
@@ -381,7 +374,7 @@ def write_results(out_dir, results, settings=None, title="Verification results")
     if settings:
         markdown += ["Settings:", ""] + [f"- {key}: {value}" for key, value in settings.items()] + [""]
     markdown.append(f"Written {stamp}. minDCF uses C_miss = C_fa = 1, normalised.")
-    _atomic_write_text(os.path.join(out_dir, "results.md"), "\n".join(markdown) + "\n")
+    write_text_atomic(os.path.join(out_dir, "results.md"), "\n".join(markdown) + "\n")
     document = {"results": _json_safe(results), "settings": _json_safe(settings or {}), "written": stamp}
-    _atomic_write_text(os.path.join(out_dir, "results.json"), json.dumps(document, indent=2) + "\n")
+    write_text_atomic(os.path.join(out_dir, "results.json"), json.dumps(document, indent=2) + "\n")
     return table

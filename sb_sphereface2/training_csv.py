@@ -5,9 +5,11 @@ every other column back exactly as it read it.
 """
 
 import csv
+import io
 import json
 import os
-import tempfile
+
+from sb_sphereface2.atomic_files import write_text_atomic
 
 
 def read_training_csv(path, required=("ID", "spk_id")):
@@ -58,17 +60,11 @@ def read_training_csv(path, required=("ID", "spk_id")):
 
 
 def _atomic_write(path, write):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
-            write(stream)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write through ``write(stream)`` into memory, then atomically to ``path`` (folder created)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    buffer = io.StringIO()
+    write(buffer)
+    write_text_atomic(path, buffer.getvalue())
 
 
 def write_training_csv(path, fieldnames, rows):

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sb_sphereface2.atomic_files import write_text_atomic
+
 
 def utterance_id(relative_path):
     """Utterance ID of a path relative to the dataset root: the path without extension,
@@ -23,9 +25,7 @@ def utterance_id(relative_path):
     >>> utterance_id("id10270\\\\x6uYqmx31kE\\\\00001.flac")
     'id10270/x6uYqmx31kE/00001'
     """
-    path = relative_path.replace("\\", "/")
-    root, ext = os.path.splitext(path)
-    return root if ext and "/" not in ext else path
+    return os.path.splitext(relative_path.replace("\\", "/"))[0]
 
 
 def speaker_of(utt_id):
@@ -158,9 +158,5 @@ def write_trials(path, trials):
     >>> open(path).read()
     '1 a/s/1.wav a/s/2.wav\\n'
     """
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for label, e, t in zip(trials.labels.tolist(), trials.enrol, trials.test):
-            handle.write(f"{label} {e}.wav {t}.wav\n")
-    os.replace(tmp, path)
+    lines = (f"{label} {e}.wav {t}.wav\n" for label, e, t in zip(trials.labels.tolist(), trials.enrol, trials.test))
+    write_text_atomic(os.fspath(path), "".join(lines))
