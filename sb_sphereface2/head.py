@@ -4,6 +4,21 @@ import torch
 import torch.nn.functional as F
 
 
+def flatten_embeddings(x, dim):
+    """Embeddings [B, D] from [B, D] or [B, 1, D] (ECAPA and ResNet lobes); ValueError otherwise.
+
+    Example
+    -------
+    >>> flatten_embeddings(torch.zeros(4, 1, 8), 8).shape
+    torch.Size([4, 8])
+    """
+    if x.dim() == 3 and x.shape[1] == 1:
+        x = x.squeeze(1)
+    if x.dim() != 2 or x.shape[1] != dim:
+        raise ValueError(f"expected embeddings [B, {dim}] or [B, 1, {dim}], got {tuple(x.shape)}")
+    return x
+
+
 class SphereFace2Head(torch.nn.Module):
     """Cosine classifier head for SphereFace2 (and any cosine-margin loss).
 
@@ -45,13 +60,7 @@ class SphereFace2Head(torch.nn.Module):
 
     def forward(self, x):
         """Cosines [B, 1, C] for embeddings ``x`` [B, D] or [B, 1, D]."""
-        if x.dim() == 3 and x.shape[1] == 1:
-            x = x.squeeze(1)
-        if x.dim() != 2 or x.shape[1] != self.weight.shape[1]:
-            raise ValueError(
-                f"expected embeddings [B, {self.weight.shape[1]}] or [B, 1, "
-                f"{self.weight.shape[1]}], got {tuple(x.shape)}"
-            )
+        x = flatten_embeddings(x, self.weight.shape[1])
         return F.linear(F.normalize(x, dim=-1), F.normalize(self.weight, dim=-1)).unsqueeze(1)
 
     def extra_repr(self):

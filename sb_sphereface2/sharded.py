@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from speechbrain.utils.distributed import if_main_process
 
+from sb_sphereface2.head import flatten_embeddings
 from sb_sphereface2.sphereface2 import MARGIN_TYPES, SphereFace2Loss
 
 
@@ -227,13 +228,7 @@ class ShardedSphereFace2Head(torch.nn.Module):
 
     def forward(self, x):
         """Cosines [N * B, 1, C_local] for this process's embeddings ``x`` [B, D] or [B, 1, D]."""
-        if x.dim() == 3 and x.shape[1] == 1:
-            x = x.squeeze(1)
-        if x.dim() != 2 or x.shape[1] != self.weight.shape[1]:
-            raise ValueError(
-                f"expected embeddings [B, {self.weight.shape[1]}] or [B, 1, "
-                f"{self.weight.shape[1]}], got {tuple(x.shape)}"
-            )
+        x = flatten_embeddings(x, self.weight.shape[1])
         weight = self.weight
         if _check_equal_batches(x.shape[0], x.device) > 1:
             x = _GatherRows.apply(x)
