@@ -49,8 +49,8 @@ def make_step(name, batch, dim, classes, seed=0, loss_only=False):
     step() runs the loss alone, from the cosines (a leaf) to their gradient."""
     from speechbrain.nnet.losses import AdditiveAngularMargin, LogSoftmaxWrapper
 
-    from sb_sphereface2.head import SphereFace2Head
-    from sb_sphereface2.sphereface2 import SphereFace2Loss
+    from sb_sphereface2.models.head import SphereFace2Head
+    from sb_sphereface2.losses.sphereface2 import SphereFace2Loss
 
     torch.manual_seed(seed)
     head = SphereFace2Head(dim, classes)

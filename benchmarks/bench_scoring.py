@@ -73,10 +73,10 @@ def run_case(case, size):
     if case in ("ours_eer", "ours_mindcf", "sb_eer", "sb_mindcf"):
         scores, labels = _trials(size)
         if case == "ours_eer":
-            from sb_sphereface2.metrics import compute_eer
+            from sb_sphereface2.scoring.metrics import compute_eer
             result = _timed(lambda: compute_eer(scores, labels)[0], repeats=3 if size < 10**6 else 1)
         elif case == "ours_mindcf":
-            from sb_sphereface2.metrics import compute_min_dcf
+            from sb_sphereface2.scoring.metrics import compute_min_dcf
             result = _timed(lambda: compute_min_dcf(scores, labels, 0.01)[0],
                             repeats=3 if size < 10**6 else 1)
         else:
@@ -92,7 +92,7 @@ def run_case(case, size):
         return result
     if case in ("ours_asnorm_stats", "ours_asnorm_trials", "loop_asnorm"):
         import torch
-        from sb_sphereface2.score_norm import cohort_statistics, l2_normalize
+        from sb_sphereface2.scoring.normalization import cohort_statistics, l2_normalize
         torch.set_num_threads(2)
         rng = np.random.default_rng(1)
         n_utts, n_cohort, dim, top_n = size, 6000, 256, 300
@@ -102,8 +102,8 @@ def run_case(case, size):
             return _timed(lambda: float(cohort_statistics(
                 l2_normalize(embeddings), cohort, top_n=top_n).mean.mean()))
         if case == "ours_asnorm_trials":
-            from sb_sphereface2.scoring import score_trials
-            from sb_sphereface2.trials import TrialList
+            from sb_sphereface2.scoring.trial_scores import score_trials
+            from sb_sphereface2.data.trials import TrialList
             n_trials = 579_818
             ids = [f"u{i}" for i in range(n_utts)]
             enrol = rng.integers(0, n_utts, n_trials)

@@ -14,9 +14,9 @@ import os
 
 import numpy as np
 
-from sb_sphereface2.metrics import compute_min_dcf
-from sb_sphereface2.plots import plot_det, plot_score_histogram
-from sb_sphereface2.scoring import evaluate
+from sb_sphereface2.scoring.metrics import compute_min_dcf
+from sb_sphereface2.scoring.plots import plot_det, plot_score_histogram
+from sb_sphereface2.scoring.trial_scores import evaluate
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "images")
 

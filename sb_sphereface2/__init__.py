@@ -1,28 +1,28 @@
 """sb_sphereface2: SphereFace2 binary-classification loss for SpeechBrain speaker verification.
 
-Module map (one concept per module):
+The package map (``docs/architecture.md`` has the whole picture):
 
-- ``sphereface2``: the loss maths (g, margin types C/A/M, closed-form bias, SphereFace2Loss)
-- ``head``: SphereFace2Head, the cosine classifier head
-- ``margin_scheduler``, ``lr_schedule``: per-iteration schedules
-- ``aam``: the AAM-softmax baseline behind the same interface
-- ``resnet``: the paper's ResNet34 lobe (length-aware)
-- ``data_prep``, ``dataio``, ``augment_csv``, ``synthetic_corpus``: data
-- ``trials``, ``embedding``, ``embeddings_io``, ``metrics``, ``score_norm``, ``calibration``,
-  ``scoring``, ``plots``, ``score`` (CLI): verification scoring
-- ``recipe_hparams``, ``model_folder``: recipe hyperparameters and pretrained-model folders
-- ``lean``: the chunked loss + gradient used by SphereFace2Loss by default
-- ``sharded``: class weights split across DDP processes
-- ``label_noise``, ``pseudo_labels``, ``corpus_split``: noisy and pseudo labels, splits
-- ``export``: hub-ready pretrained folders, encoder initialisation from one
+- ``losses``: the margins C/A/M and the SphereFace2 loss (plain, lean, sharded), AAM
+- ``models``: the cosine head and the paper's ResNet34
+- ``training``: margin and learning-rate schedules, the recipe's Brain
+- ``data``: preparation, data loading, augmentation CSVs, trial lists
+- ``scoring``: embeddings, metrics, score normalisation, calibration, plots, the scorer CLI
+- ``pretrained``: model folders (write, check, load), export, encoder initialisation
+- ``labels``: label-noise injection and pseudo-labels
+- ``hparams``: composing a stage file with its model and loss blocks
+- ``files``: atomic writes and content fingerprints
 """
 
-from sb_sphereface2.aam import AAMLoss
-from sb_sphereface2.head import SphereFace2Head
-from sb_sphereface2.lr_schedule import WarmupExponentialLR
-from sb_sphereface2.margin_scheduler import MarginScheduler
-from sb_sphereface2.resnet import ResNet
-from sb_sphereface2.sphereface2 import SphereFace2Loss, closed_form_bias
+from sb_sphereface2 import _compat
+from sb_sphereface2.losses.aam import AAMLoss
+from sb_sphereface2.losses.margins import closed_form_bias
+from sb_sphereface2.losses.sphereface2 import SphereFace2Loss
+from sb_sphereface2.models.head import SphereFace2Head
+from sb_sphereface2.models.resnet import ResNet
+from sb_sphereface2.training.lr_schedule import WarmupExponentialLR
+from sb_sphereface2.training.margin_scheduler import MarginScheduler
+
+_compat.install(__name__)
 
 __all__ = [
     "AAMLoss",
@@ -33,4 +33,4 @@ __all__ = [
     "WarmupExponentialLR",
     "closed_form_bias",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -19,7 +19,7 @@ treated as read-only (copy them before damaging files).
     cross-session targets (4 per speaker, 40) and 40 non-targets across speakers, in
     VoxCeleb format (``label enrol.wav test.wav``). Missing source data fails loudly.
 
-``espeak_corpus`` (session scope) -> ``sb_sphereface2.synthetic_corpus.SyntheticCorpus``
+``espeak_corpus`` (session scope) -> ``tools.synthetic_corpus.SyntheticCorpus``
     8 espeak-ng speakers x 2 sessions x 2 utterances (3-6 s WAV, 16 kHz), with
     ``trials.txt`` over the last 3 speakers. Needs espeak-ng
     (``apt-get install -y espeak-ng``); fails, never skips, without it.
@@ -103,7 +103,7 @@ def librispeech_voxceleb_tree(tmp_path_factory):
 @pytest.fixture(scope="session")
 def espeak_corpus(tmp_path_factory):
     """Tiny espeak-ng corpus: 8 speakers x 2 sessions x 2 utterances, trials over 3."""
-    from sb_sphereface2.synthetic_corpus import make_espeak_corpus
+    from tools.synthetic_corpus import make_espeak_corpus
 
     return make_espeak_corpus(
         tmp_path_factory.mktemp("espeak") / "corpus",

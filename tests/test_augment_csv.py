@@ -8,7 +8,7 @@ import soundfile
 import torch
 from speechbrain.augment.time_domain import AddNoise, AddReverb
 
-from sb_sphereface2.augment_csv import prepare_musan, prepare_rir, write_augment_csv
+from sb_sphereface2.data.augmentation import prepare_musan, prepare_rir, write_augment_csv
 
 
 def rows(path):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from sb_sphereface2.calibration import LogisticCalibration
-from sb_sphereface2.metrics import compute_actual_dcf, compute_cllr, compute_min_dcf
+from sb_sphereface2.scoring.calibration import LogisticCalibration
+from sb_sphereface2.scoring.metrics import compute_actual_dcf, compute_cllr, compute_min_dcf
 
 
 def gaussian_trials(rng, n_target, n_nontarget, mu1=0.6, mu0=0.1, sigma=0.1):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from sb_sphereface2 import data_prep
-from sb_sphereface2.data_prep import CSV_HEADER, MANIFEST_NAME, prepare_voxceleb
+from sb_sphereface2.data import prepare as data_prep
+from sb_sphereface2.data.prepare import CSV_HEADER, MANIFEST_NAME, prepare_voxceleb
 
 REPO = Path(__file__).resolve().parents[1]
 

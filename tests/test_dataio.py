@@ -11,8 +11,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.dataloader import make_dataloader
 
-from sb_sphereface2.data_prep import prepare_voxceleb
-from sb_sphereface2.dataio import (
+from sb_sphereface2.data.prepare import prepare_voxceleb
+from sb_sphereface2.data.dataio import (
     load_label_encoder,
     random_crop,
     training_dataset,
@@ -116,7 +116,7 @@ def test_short_clips_are_dropped_with_a_count_and_none_left_is_an_error(tmp_path
         + f"a/s/1@sp1.1,2.2727,{long_wav},0,40000,a@sp1.1,1.1\n"
     )
     encoder = load_label_encoder(str(path), str(tmp_path / "enc.txt"))
-    with caplog.at_level(logging.INFO, logger="sb_sphereface2.dataio"):
+    with caplog.at_level(logging.INFO, logger="sb_sphereface2.data.dataio"):
         data = training_dataset(str(path), encoder, crop_seconds=2.4)
     assert sorted(item["id"] for item in data) == ["a/s/1", "a/s/1@sp0.9"]
     assert "dropped 2 of 4 clips shorter than the 2.4 s crop" in caplog.text

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from sb_sphereface2.head import SphereFace2Head
+from sb_sphereface2.models.head import SphereFace2Head
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -36,7 +36,7 @@ def _epochs(out):
 
 
 def test_torchrun_sharded_head_trains_saves_full_head_and_resumes(tmp_path):
-    from sb_sphereface2.synthetic_corpus import make_espeak_corpus
+    from tools.synthetic_corpus import make_espeak_corpus
 
     # 9 speakers, 2 held out for validation: 7 classes, split 4 + 3 over the processes.
     corpus = make_espeak_corpus(tmp_path / "corpus", num_speakers=9, sessions_per_speaker=2,

@@ -2,7 +2,7 @@
 
 One tiny ResNet is trained once per module (real speech cut from librispeech-mini, 30
 speakers, 4 epochs) with the recipe's own command (train.yaml with Adam); the scoring stage (recipe modules,
-:func:`sb_sphereface2.embedding.embed_waveform`, :func:`sb_sphereface2.scoring.score_trials`)
+:func:`sb_sphereface2.scoring.embed.embed_waveform`, :func:`sb_sphereface2.scoring.trial_scores.score_trials`)
 is run here and compared with what SpeechBrain's ``SpeakerRecognition`` and
 ``EncoderClassifier`` compute from the exported folder in a separate process with the hub
 offline.
@@ -21,9 +21,9 @@ import pytest
 import soundfile
 import torch
 
-from sb_sphereface2.dataio import utterance_dataset
-from sb_sphereface2.embedding import embed_dataset, embed_waveform
-from sb_sphereface2.export import (
+from sb_sphereface2.data.dataio import utterance_dataset
+from sb_sphereface2.scoring.embed import embed_dataset, embed_waveform
+from sb_sphereface2.pretrained.export import (
     MEAN_FILE,
     check_pretrained_folder,
     export_model,
@@ -32,11 +32,11 @@ from sb_sphereface2.export import (
     mean_embedding,
     training_config,
 )
-from sb_sphereface2.embeddings_io import save_embeddings
-from sb_sphereface2.recipe_hparams import compose_hparams_yaml, load_recipe_hparams, peek_hparams
-from sb_sphereface2.scoring import evaluate, score_trials, write_results
-from sb_sphereface2.sphereface2 import closed_form_bias
-from sb_sphereface2.trials import TrialList, read_trials
+from sb_sphereface2.scoring.embeddings_io import save_embeddings
+from sb_sphereface2.hparams import compose_hparams_yaml, load_recipe_hparams, peek_hparams
+from sb_sphereface2.scoring.trial_scores import evaluate, score_trials, write_results
+from sb_sphereface2.losses.margins import closed_form_bias
+from sb_sphereface2.data.trials import TrialList, read_trials
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "recipes" / "VoxCeleb" / "train.py"
@@ -49,7 +49,7 @@ base: {train_yaml}
 tiny_lr: 0.005
 opt_class: !name:torch.optim.Adam
     lr: !ref <tiny_lr>
-lr_scheduler: !new:sb_sphereface2.lr_schedule.WarmupExponentialLR
+lr_scheduler: !new:sb_sphereface2.training.lr_schedule.WarmupExponentialLR
     initial_lr: !ref <tiny_lr>
     final_lr: !ref <tiny_lr> / 5
     warmup_epochs: 0
@@ -289,7 +289,7 @@ def test_incomplete_or_corrupt_folder_errors_name_the_file(trained, tmp_path):
 
 
 def test_init_encoder_from_rejects_another_architecture(trained):
-    from sb_sphereface2.resnet import ResNet
+    from sb_sphereface2.models.resnet import ResNet
 
     other = ResNet(input_size=24, channels=(8, 8, 8, 8), num_blocks=(1, 1, 1, 1), lin_neurons=64)
     with pytest.raises(ValueError, match="embedding_model.ckpt does not fit"):
@@ -332,7 +332,7 @@ def test_finetune_from_exported_folder_on_new_speakers(trained):
 
 
 def _resnet_from(state):
-    from sb_sphereface2.resnet import ResNet
+    from sb_sphereface2.models.resnet import ResNet
 
     model = ResNet(input_size=24, channels=(8, 8, 16, 16), num_blocks=(1, 1, 1, 1), lin_neurons=64)
     model.load_state_dict(state)
@@ -383,7 +383,7 @@ def test_finetune_pretrained_yaml_targets_spkrec_ecapa_voxceleb():
         "ecapa_tdnn", 1024, 192, 80)
     assert "speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN" in compose_hparams_yaml("hparams/finetune_pretrained.yaml")
     # --model on the command line still wins over the stage's own block choice.
-    assert "sb_sphereface2.resnet.ResNet" in compose_hparams_yaml("hparams/finetune_pretrained.yaml", {"model": "resnet34"})
+    assert "sb_sphereface2.models.resnet.ResNet" in compose_hparams_yaml("hparams/finetune_pretrained.yaml", {"model": "resnet34"})
 
 
 def test_init_encoder_from_a_hub_layout_folder(tmp_path):

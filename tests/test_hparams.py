@@ -8,8 +8,8 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from sb_sphereface2 import MarginScheduler, SphereFace2Head, SphereFace2Loss
-from sb_sphereface2.aam import AAMLoss
-from sb_sphereface2.recipe_hparams import compose_hparams_yaml, load_recipe_hparams
+from sb_sphereface2.losses.aam import AAMLoss
+from sb_sphereface2.hparams import compose_hparams_yaml, load_recipe_hparams
 
 ROOT = Path(__file__).resolve().parents[1]
 HPARAMS = ROOT / "hparams"
@@ -86,7 +86,7 @@ def test_paper_defaults(tmp_path):
 def test_one_override_switches_a_block():
     """--model=... / --loss=... as SpeechBrain passes them (a yaml string)."""
     text = compose_hparams_yaml(str(HPARAMS / "train.yaml"), "model: ecapa_tdnn\nloss: aam\n")
-    assert "ECAPA_TDNN" in text and "AAMLoss" in text and "sb_sphereface2.resnet.ResNet" not in text
+    assert "ECAPA_TDNN" in text and "AAMLoss" in text and "sb_sphereface2.models.resnet.ResNet" not in text
 
 
 def test_unknown_block_is_a_clear_error():
@@ -103,7 +103,7 @@ def test_verification_yaml_loads(tmp_path):
 @pytest.mark.parametrize("stage", sorted(p.name for p in HPARAMS.glob("*.yaml") if p.name != "verification.yaml"))
 def test_every_stage_file_loads(stage, tmp_path):
     """Each top-level stage file instantiates as it is (one process), small widths only."""
-    from sb_sphereface2.recipe_hparams import peek_hparams
+    from sb_sphereface2.hparams import peek_hparams
 
     overrides = {"data_folder": str(tmp_path), "output_folder": str(tmp_path / "out")}
     if "pretrained_model: !PLACEHOLDER" in compose_hparams_yaml(str(HPARAMS / stage), overrides):
@@ -115,7 +115,7 @@ def test_every_stage_file_loads(stage, tmp_path):
 
 
 def test_sharded_stage_exports_the_plain_head():
-    from sb_sphereface2.model_folder import inference_hparams_yaml
+    from sb_sphereface2.pretrained.folder import inference_hparams_yaml
 
     text = inference_hparams_yaml(str(HPARAMS / "train_sharded.yaml"), {"data_folder": "x"}, num_classes=7)
     assert "classifier: !new:sb_sphereface2.SphereFace2Head" in text and "Sharded" not in text

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sb_sphereface2.label_noise import inject_class_noise, main, report_path
+from sb_sphereface2.labels.noise import inject_class_noise, main, report_path
 
 FIELDS = ["ID", "duration", "wav", "start", "stop", "spk_id", "speed"]
 REPO = Path(__file__).resolve().parents[1]
@@ -133,7 +133,7 @@ def test_choice_does_not_depend_on_row_order(train_csv, tmp_path):
 def test_cli_and_one_line_errors(train_csv, tmp_path, capsys):
     path, _ = train_csv
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "sb_sphereface2.label_noise"]
+    command = [sys.executable, "-m", "sb_sphereface2.labels.noise"]
     ok = subprocess.run(
         command + [str(path), str(tmp_path / "cli.csv"), "--fraction", "0.2", "--mode", "split"],
         capture_output=True, text=True, env=env,

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from sb_sphereface2 import SphereFace2Head, SphereFace2Loss
-from sb_sphereface2.lean import lean_sphereface2_loss
-from sb_sphereface2.sphereface2 import closed_form_bias, sphereface2_loss
+from sb_sphereface2.losses.lean import lean_sphereface2_loss
+from sb_sphereface2.losses.margins import closed_form_bias
+from sb_sphereface2.losses.sphereface2 import sphereface2_loss
 
 SETTINGS = [("C", 0.2), ("A", 0.15), ("M", 1.5)]
 

@@ -18,10 +18,10 @@ import soundfile
 import torch
 from speechbrain.lobes.features import MFCC
 
-from sb_sphereface2.corpus_split import split_recordings
-from sb_sphereface2.metrics import compute_eer
-from sb_sphereface2.scoring import score_trials
-from sb_sphereface2.trials import read_trials
+from tools.corpus_split import split_recordings
+from sb_sphereface2.scoring.metrics import compute_eer
+from sb_sphereface2.scoring.trial_scores import score_trials
+from sb_sphereface2.data.trials import read_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRISPEECH_MINI = ROOT.parent / "shared" / "data" / "librispeech-mini"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sb_sphereface2.metrics import (
+from sb_sphereface2.scoring.metrics import (
     check_scores,
     compute_actual_dcf,
     compute_cllr,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sb_sphereface2.pseudo_labels import (
+from sb_sphereface2.labels.pseudo import (
     cluster_embeddings,
     clustering_scores,
     estimate_num_speakers,
@@ -133,7 +133,7 @@ def test_pseudo_label_end_to_end_and_cli(tmp_path, capsys):
               [[ids[i], "2.5", f"/audio/{ids[i]}.wav"] for i in keep])
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run(
-        [sys.executable, "-m", "sb_sphereface2.pseudo_labels", "--embeddings", str(tmp_path / "emb.npz"),
+        [sys.executable, "-m", "sb_sphereface2.labels.pseudo", "--embeddings", str(tmp_path / "emb.npz"),
          "--csv", str(tmp_path / "unlabelled.csv"), "--out", str(tmp_path / "pseudo.csv")],
         capture_output=True, text=True, env=env,
     )

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sb_sphereface2.resnet import ResNet
+from sb_sphereface2.models.resnet import ResNet
 
 
 def tiny_resnet(**overrides):

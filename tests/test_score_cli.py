@@ -10,9 +10,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from sb_sphereface2.embeddings_io import load_embeddings, save_embeddings
-from sb_sphereface2.metrics import compute_eer, compute_min_dcf
-from sb_sphereface2.score import main
+from sb_sphereface2.scoring.embeddings_io import load_embeddings, save_embeddings
+from sb_sphereface2.scoring.metrics import compute_eer, compute_min_dcf
+from sb_sphereface2.scoring.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,7 @@ def test_cli_errors_name_line_and_count(workspace):
     # As a program: a one-line error and exit status 1, no traceback.
     env = dict(os.environ, PYTHONPATH=str(REPO))
     process = subprocess.run(
-        [sys.executable, "-m", "sb_sphereface2.score", "--embeddings", str(tmp / "test.npz"),
+        [sys.executable, "-m", "sb_sphereface2.scoring.cli", "--embeddings", str(tmp / "test.npz"),
          "--trials", str(bad), "--output-dir", str(tmp / "o3"), "--quiet"],
         capture_output=True, text=True, env=env, cwd=tmp,
     )

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from sb_sphereface2.score_norm import cohort_statistics, l2_normalize, speaker_mean_cohort
-from sb_sphereface2.scoring import build_cohort, score_trials
-from sb_sphereface2.trials import TrialList, read_trials
+from sb_sphereface2.scoring.normalization import cohort_statistics, l2_normalize, speaker_mean_cohort
+from sb_sphereface2.scoring.trial_scores import build_cohort, score_trials
+from sb_sphereface2.data.trials import TrialList, read_trials
 
 
 def unit(x):
@@ -74,7 +74,10 @@ def test_chunk_sizes_do_not_change_scores(toy):
     small = score_trials(index, embeddings, trials, mean, cohort, top_n=5, norm="asnorm",
                          chunk_size=1, cohort_chunk_size=1)
     large = score_trials(index, embeddings, trials, mean, cohort, top_n=5, norm="asnorm")
-    np.testing.assert_allclose(small, large, rtol=1e-6, atol=1e-6)
+    # Cosines and cohort statistics are float32 matmuls: chunking changes the summation
+    # order, i.e. a few float32 ulps per cosine (~1e-7), which AS-norm divides by cohort
+    # standard deviations of ~0.1 and sums over two sides: ~1e-5 relative at most.
+    np.testing.assert_allclose(small, large, rtol=1e-5, atol=1e-5)
 
 
 def test_top_n_larger_than_cohort_is_whole_cohort(toy):

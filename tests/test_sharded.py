@@ -16,8 +16,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from sb_sphereface2.head import SphereFace2Head
-from sb_sphereface2.sharded import ShardedSphereFace2Head, ShardedSphereFace2Loss, shard_range
+from sb_sphereface2.models.head import SphereFace2Head
+from sb_sphereface2.losses.sharded import ShardedSphereFace2Head, ShardedSphereFace2Loss, shard_range
 
 WORLD = 2
 DIM = 6
@@ -161,7 +161,7 @@ def test_checkpoint_full_head_across_world_sizes(tmp_path):
 
 
 def test_one_process_is_the_unsharded_head_and_loss():
-    from sb_sphereface2.sphereface2 import SphereFace2Loss
+    from sb_sphereface2.losses.sphereface2 import SphereFace2Loss
 
     emb, weight, labels, bias = _problem()
     sharded, plain = ShardedSphereFace2Head(DIM, CLASSES).double(), SphereFace2Head(DIM, CLASSES).double()
@@ -228,7 +228,7 @@ def _train_steps(encoder, head, loss_fn, feats, labels):
 def _ddp_training_worker(rank, out_dir, sharded):
     from torch.nn.parallel import DistributedDataParallel
 
-    from sb_sphereface2.sphereface2 import SphereFace2Loss
+    from sb_sphereface2.losses.sphereface2 import SphereFace2Loss
 
     feats, labels = _training_data()
     rows = slice(rank * BATCH, (rank + 1) * BATCH)  # this process's part of every global batch
@@ -252,7 +252,7 @@ def _ddp_training_worker(rank, out_dir, sharded):
 
 @pytest.mark.parametrize("sharded", [True, False], ids=["sharded_head", "replicated_head"])
 def test_ddp_training_equals_one_process_with_the_global_batch(tmp_path, sharded):
-    from sb_sphereface2.sphereface2 import SphereFace2Loss
+    from sb_sphereface2.losses.sphereface2 import SphereFace2Loss
 
     _spawn(_ddp_training_worker, str(tmp_path), sharded)
     # One process, batches of WORLD x BATCH, the unsharded head and loss.

@@ -127,7 +127,7 @@ def test_gradcheck_float64(kind, margin):
 
 
 def _loss_with_bias(loss_fn, cos, bias, labels):
-    from sb_sphereface2.sphereface2 import sphereface2_loss
+    from sb_sphereface2.losses.sphereface2 import sphereface2_loss
 
     return sphereface2_loss(cos, labels, bias, loss_fn.margin, loss_fn.scale, loss_fn.lambda_,
                             loss_fn.t, loss_fn.margin_type, loss_fn.detach_adjustment)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from sb_sphereface2 import synthetic_corpus
-from sb_sphereface2.data_prep import prepare_voxceleb
-from sb_sphereface2.synthetic_corpus import draw_speakers, main, make_espeak_corpus
-from sb_sphereface2.trials import read_trials
+from tools import synthetic_corpus
+from sb_sphereface2.data.prepare import prepare_voxceleb
+from tools.synthetic_corpus import draw_speakers, main, make_espeak_corpus
+from sb_sphereface2.data.trials import read_trials
 
 
 def wav_files(root):

@@ -17,7 +17,7 @@ mkdir -p "$OUT"
 
 if [ -z "$DATA" ]; then
     DATA="$OUT/espeak_corpus"
-    $PY -m sb_sphereface2.synthetic_corpus "$DATA" --speakers 40 --sessions 2 --utterances 6
+    $PY tools/synthetic_corpus.py "$DATA" --speakers 40 --sessions 2 --utterances 6
 fi
 if [ ! -d "$DATA" ]; then echo "demo: data folder not found: $DATA" >&2; exit 2; fi
 TRIALS="[]"
@@ -53,7 +53,7 @@ $PY recipes/VoxCeleb/export.py "$OUT/lmf/model" "$OUT/exported" \
     --name "sb_sphereface2 demo (SphereFace2-C, small ResNet, espeak-ng voices)"
 $PY - "$OUT/exported" "$ENROL" "$SAME" "$OTHER" <<'PYEOF'
 import sys
-from sb_sphereface2.export import load_pretrained
+from sb_sphereface2.pretrained.export import load_pretrained
 model = load_pretrained(sys.argv[1])  # SpeechBrain's SpeakerRecognition, offline
 enrol, same, other = sys.argv[2:]
 for name, test in (("same speaker", same), ("different speakers", other)):

@@ -36,7 +36,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from sb_sphereface2.export import export_model, load_pretrained
+    from sb_sphereface2.pretrained.export import export_model, load_pretrained
 
     out = export_model(
         args.model_folder, args.out_folder, results_json=args.results,

@@ -7,9 +7,9 @@ recipe settings (train.py, command-line overrides), and the held-out trial list 
 
 - ``clean``: the prepared training list;
 - ``noise<f>``: a fraction f of the training speakers corrupted class-wise
-  (``sb_sphereface2.label_noise``, mode ``--mode``, seeded);
+  (``sb_sphereface2.labels.noise``, mode ``--mode``, seeded);
 - ``pseudo``: labels from clustering the training utterances' embeddings, made with the
-  model trained on the clean list with the first loss (``sb_sphereface2.pseudo_labels``,
+  model trained on the clean list with the first loss (``sb_sphereface2.labels.pseudo``,
   speaker count given).
 
 Writes ``results.md`` / ``results.json`` (EER and minDCF per condition and loss, the noise
@@ -27,13 +27,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sb_sphereface2.dataio import read_speakers, utterance_dataset
-from sb_sphereface2.embedding import embed_dataset
-from sb_sphereface2.embeddings_io import save_embeddings
-from sb_sphereface2.export import load_model_modules
-from sb_sphereface2.label_noise import inject_class_noise
-from sb_sphereface2.pseudo_labels import pseudo_label
-from sb_sphereface2.scoring import write_results
+from sb_sphereface2.data.dataio import read_speakers, utterance_dataset
+from sb_sphereface2.scoring.embed import embed_dataset
+from sb_sphereface2.scoring.embeddings_io import save_embeddings
+from sb_sphereface2.pretrained.export import load_model_modules
+from sb_sphereface2.labels.noise import inject_class_noise
+from sb_sphereface2.labels.pseudo import pseudo_label
+from sb_sphereface2.scoring.trial_scores import write_results
 
 ROOT = Path(__file__).resolve().parents[2]
 

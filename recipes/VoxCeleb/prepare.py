@@ -2,7 +2,7 @@
 """Prepare VoxCeleb-layout data for the SphereFace2 recipes (command-line wrapper).
 
 Writes train.csv, dev.csv + dev_trials.txt, test.csv + trials/<name>.txt and a
-manifest into SAVE_FOLDER (see ``sb_sphereface2.data_prep``); optionally MUSAN and RIR
+manifest into SAVE_FOLDER (see ``sb_sphereface2.data.prepare``); optionally MUSAN and RIR
 CSVs for ``speechbrain.augment``. Re-running with the same inputs does nothing.
 
 Examples::
@@ -14,7 +14,7 @@ Examples::
         --speed-perturb --musan musan --rir RIRS_NOISES/simulated_rirs
 
     # Any speaker/session/utterance folder works, e.g. the synthetic demo corpus:
-    python -m sb_sphereface2.synthetic_corpus data/espeak --speakers 40
+    python tools/synthetic_corpus.py data/espeak --speakers 40
     python recipes/VoxCeleb/prepare.py results/data data/espeak --trials data/espeak/trials.txt
 """
 
@@ -25,8 +25,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from sb_sphereface2.augment_csv import prepare_musan, prepare_rir  # noqa: E402
-from sb_sphereface2.data_prep import prepare_voxceleb  # noqa: E402
+from sb_sphereface2.data.augmentation import prepare_musan, prepare_rir  # noqa: E402
+from sb_sphereface2.data.prepare import prepare_voxceleb  # noqa: E402
 
 
 def main(argv=None):

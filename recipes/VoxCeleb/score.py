@@ -9,7 +9,7 @@ Embeddings are computed one utterance at a time with the model folder's own modu
 SpeechBrain's ``EncoderClassifier.encode_batch`` does, so they do not depend on batching
 and equal what the exported model gives. Outputs in ``output_folder``: ``embeddings_test.npz``,
 ``embeddings_train.npz``, ``cosine/`` and ``asnorm/`` (scores, results, plots of
-``python -m sb_sphereface2.score``) and ``results.md`` / ``results.json`` with both.
+``python -m sb_sphereface2.scoring``) and ``results.md`` / ``results.json`` with both.
 """
 
 import glob
@@ -23,12 +23,12 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.inference.speaker import SpeakerRecognition
 
-from sb_sphereface2 import score as scorer
-from sb_sphereface2.dataio import utterance_dataset
-from sb_sphereface2.embedding import embed_dataset
-from sb_sphereface2.embeddings_io import save_embeddings
-from sb_sphereface2.model_folder import check_model_folder
-from sb_sphereface2.scoring import write_results
+from sb_sphereface2.scoring import cli as scorer
+from sb_sphereface2.data.dataio import utterance_dataset
+from sb_sphereface2.scoring.embed import embed_dataset
+from sb_sphereface2.scoring.embeddings_io import save_embeddings
+from sb_sphereface2.pretrained.folder import check_model_folder
+from sb_sphereface2.scoring.trial_scores import write_results
 
 
 def load_model(model_folder, device="cpu"):

@@ -32,15 +32,15 @@ from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.checkpoints import average_checkpoints
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from sb_sphereface2.augment_csv import prepare_musan, write_augment_csv
-from sb_sphereface2.data_prep import prepare_voxceleb
-from sb_sphereface2.dataio import load_label_encoder, read_speakers, training_dataset, utterance_dataset
-from sb_sphereface2.embedding import embed_dataset
-from sb_sphereface2.metrics import compute_eer
-from sb_sphereface2.model_folder import check_model_folder, inference_hparams_yaml, write_model_folder
-from sb_sphereface2.recipe_hparams import compose_hparams_yaml, load_recipe_hparams, peek_hparams
-from sb_sphereface2.scoring import score_trials
-from sb_sphereface2.trials import read_trials
+from sb_sphereface2.data.augmentation import prepare_musan, write_augment_csv
+from sb_sphereface2.data.prepare import prepare_voxceleb
+from sb_sphereface2.data.dataio import load_label_encoder, read_speakers, training_dataset, utterance_dataset
+from sb_sphereface2.scoring.embed import embed_dataset
+from sb_sphereface2.scoring.metrics import compute_eer
+from sb_sphereface2.pretrained.folder import check_model_folder, inference_hparams_yaml, write_model_folder
+from sb_sphereface2.hparams import compose_hparams_yaml, load_recipe_hparams, peek_hparams
+from sb_sphereface2.scoring.trial_scores import score_trials
+from sb_sphereface2.data.trials import read_trials
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class SpeakerBrain(sb.core.Brain):
     def init_optimizers(self):
         super().init_optimizers()
         if self.checkpointer is not None and any(getattr(m, "is_sharded", False) for m in self.modules.values()):
-            from sb_sphereface2.sharded import load_optimizer_per_process, save_optimizer_per_process
+            from sb_sphereface2.losses.sharded import load_optimizer_per_process, save_optimizer_per_process
 
             # Each process's optimizer state covers its own head rows: save one file per process.
             self.checkpointer.add_recoverable(
@@ -238,7 +238,7 @@ def load_pretrained(hparams, folder):
 def init_encoder(hparams, source):
     """Fine-tuning a pretrained speaker model on new speakers: load only its embedding model
     (strict), keep the new head (closed-form bias) built for the new classes."""
-    from sb_sphereface2.export import init_encoder_from
+    from sb_sphereface2.pretrained.export import init_encoder_from
 
     path = init_encoder_from(hparams["embedding_model"], source, savedir=os.path.join(hparams["output_folder"], "init_encoder"))
     logger.info("embedding model initialised from %s", path)

@@ -2,7 +2,7 @@
 
 Example::
 
-    python -m sb_sphereface2.score --embeddings test_emb.npz \\
+    python -m sb_sphereface2.scoring --embeddings test_emb.npz \\
         --trials veri_test2.txt list_test_all2.txt list_test_hard2.txt \\
         --train-embeddings train_emb.npz --norm asnorm --top-n 300 \\
         --calibrate-on veri_test2.txt --output-dir results/
@@ -20,11 +20,11 @@ import time
 
 import numpy as np
 
-from sb_sphereface2.calibration import LogisticCalibration
-from sb_sphereface2.embeddings_io import load_embeddings
-from sb_sphereface2.plots import plot_det, plot_score_histogram
-from sb_sphereface2.score_norm import NORM_METHODS
-from sb_sphereface2.scoring import (
+from sb_sphereface2.scoring.calibration import LogisticCalibration
+from sb_sphereface2.scoring.embeddings_io import load_embeddings
+from sb_sphereface2.scoring.plots import plot_det, plot_score_histogram
+from sb_sphereface2.scoring.normalization import NORM_METHODS
+from sb_sphereface2.scoring.trial_scores import (
     COHORT_KINDS,
     build_cohort,
     evaluate,
@@ -32,13 +32,13 @@ from sb_sphereface2.scoring import (
     write_results,
     write_scores,
 )
-from sb_sphereface2.trials import read_trials
+from sb_sphereface2.data.trials import read_trials
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser():
-    """The argument parser of ``python -m sb_sphereface2.score``.
+    """The argument parser of ``python -m sb_sphereface2.scoring``.
 
     Example
     -------
@@ -47,13 +47,13 @@ def build_parser():
     ('none', 300, [0.01, 0.05])
     """
     parser = argparse.ArgumentParser(
-        prog="python -m sb_sphereface2.score",
+        prog="python -m sb_sphereface2.scoring",
         description="Score speaker-verification trial lists with cosine similarity "
         "(optionally mean-subtracted and z/t/s/AS-normalised) and report EER, minDCF, "
         "calibrated actual DCF and Cllr, a DET curve and score histograms.",
     )
     parser.add_argument("--embeddings", required=True,
-                        help="test embeddings .npz (ids, embeddings) from sb_sphereface2.embeddings_io")
+                        help="test embeddings .npz (ids, embeddings) from sb_sphereface2.scoring.embeddings_io")
     parser.add_argument("--trials", required=True, nargs="+",
                         help="one or more trial lists, lines 'label enrol test'")
     parser.add_argument("--output-dir", required=True, help="folder for scores, tables and plots")

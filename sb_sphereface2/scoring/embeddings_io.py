@@ -1,7 +1,7 @@
 """Embeddings files: one ``.npz`` holding utterance IDs, embeddings and, optionally, speakers.
 
 Arrays: ``ids`` (unicode strings [N]), ``embeddings`` (float32 [N, D]) and optionally
-``speakers`` (unicode strings [N]). IDs follow :func:`sb_sphereface2.trials.utterance_id`
+``speakers`` (unicode strings [N]). IDs follow :func:`sb_sphereface2.data.trials.utterance_id`
 (path relative to the dataset root, no extension), so trial lists index them directly.
 Files are written atomically and read without pickle.
 """

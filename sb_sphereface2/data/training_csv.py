@@ -5,11 +5,9 @@ every other column back exactly as it read it.
 """
 
 import csv
-import io
-import json
 import os
 
-from sb_sphereface2.atomic_files import write_text_atomic
+from sb_sphereface2.files import write_csv_atomic
 
 
 def read_training_csv(path, required=("ID", "spk_id")):
@@ -59,14 +57,6 @@ def read_training_csv(path, required=("ID", "spk_id")):
     return fieldnames, rows
 
 
-def _atomic_write(path, write):
-    """Write through ``write(stream)`` into memory, then atomically to ``path`` (folder created)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    buffer = io.StringIO()
-    write(buffer)
-    write_text_atomic(path, buffer.getvalue())
-
-
 def write_training_csv(path, fieldnames, rows):
     """Write ``rows`` (dicts) under ``fieldnames`` to ``path`` via a temporary file and
     ``os.replace``, so a failure leaves no half-written file.
@@ -79,24 +69,5 @@ def write_training_csv(path, fieldnames, rows):
     >>> open(path).read()
     'ID,spk_id\\nu1,s1\\n'
     """
+    write_csv_atomic(path, fieldnames, rows)
 
-    def write(stream):
-        writer = csv.DictWriter(stream, fieldnames=fieldnames, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-
-    _atomic_write(path, write)
-
-
-def write_json(path, data):
-    """Write ``data`` as indented JSON to ``path`` atomically.
-
-    Example
-    -------
-    >>> import tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "r.json")
-    >>> write_json(path, {"a": 1})
-    >>> json.load(open(path))
-    {'a': 1}
-    """
-    _atomic_write(path, lambda stream: (json.dump(data, stream, indent=2), stream.write("\n")))

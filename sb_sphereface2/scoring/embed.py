@@ -26,7 +26,7 @@ def embed_waveform(wav, compute_features, mean_var_norm, embedding_model):
     -------
     >>> from speechbrain.lobes.features import Fbank
     >>> from speechbrain.processing.features import InputNormalization
-    >>> from sb_sphereface2.resnet import ResNet
+    >>> from sb_sphereface2.models.resnet import ResNet
     >>> model = ResNet(input_size=24, channels=(4, 4, 8, 8), num_blocks=(1, 1, 1, 1), lin_neurons=16).eval()
     >>> embed_waveform(torch.randn(16000), Fbank(n_mels=24), InputNormalization(norm_type="sentence", std_norm=False), model).shape
     torch.Size([16])
@@ -46,7 +46,7 @@ def embed_dataset(dataset, compute_features, mean_var_norm, embedding_model, dev
     Arguments
     ---------
     dataset : iterable of dict
-        Items with ``id`` and ``sig`` (e.g. ``sb_sphereface2.dataio.utterance_dataset``).
+        Items with ``id`` and ``sig`` (e.g. ``sb_sphereface2.data.dataio.utterance_dataset``).
     compute_features, mean_var_norm, embedding_model : torch.nn.Module
         The recipe's modules; they are put in eval mode.
     device : str
@@ -65,7 +65,7 @@ def embed_dataset(dataset, compute_features, mean_var_norm, embedding_model, dev
     -------
     >>> from speechbrain.lobes.features import Fbank
     >>> from speechbrain.processing.features import InputNormalization
-    >>> from sb_sphereface2.resnet import ResNet
+    >>> from sb_sphereface2.models.resnet import ResNet
     >>> model = ResNet(input_size=24, channels=(4, 4, 8, 8), num_blocks=(1, 1, 1, 1), lin_neurons=16)
     >>> items = [{"id": "a", "sig": torch.randn(8000)}, {"id": "b", "sig": torch.randn(12000)}]
     >>> ids, emb = embed_dataset(items, Fbank(n_mels=24), InputNormalization(norm_type="sentence", std_norm=False), model, progress=False)

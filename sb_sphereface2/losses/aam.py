@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from speechbrain.nnet.losses import AdditiveAngularMargin, LogSoftmaxWrapper
 
-from sb_sphereface2.sphereface2 import flatten_outputs
+from sb_sphereface2.losses.sphereface2 import flatten_outputs
 
 
 class AAMLoss(torch.nn.Module):

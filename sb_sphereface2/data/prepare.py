@@ -3,9 +3,9 @@
 Any folder shaped like ``<root>/<speaker>/<session>/<utterance>.wav`` (or ``.flac``)
 works, whatever the dataset: VoxCeleb1/2 (after converting VoxCeleb2's ``.m4a``, see
 ``recipes/VoxCeleb/convert_m4a.sh``), LibriSpeech, or the synthetic corpus of
-:mod:`sb_sphereface2.synthetic_corpus`. Several roots can be combined (VoxCeleb2-dev
+:mod:`tools.synthetic_corpus`. Several roots can be combined (VoxCeleb2-dev
 for training with VoxCeleb1 for the trial lists); utterance IDs are paths relative to
-their root without extension (:func:`sb_sphereface2.trials.utterance_id`), so they
+their root without extension (:func:`sb_sphereface2.data.trials.utterance_id`), so they
 must not collide across roots.
 
 Outputs in ``save_folder`` (all written atomically, the manifest last):
@@ -40,7 +40,7 @@ import numpy as np
 import soundfile
 from tqdm.auto import tqdm
 
-from sb_sphereface2.atomic_files import (
+from sb_sphereface2.files import (
     copy_atomic,
     file_sha256,
     outputs_intact,
@@ -48,7 +48,7 @@ from sb_sphereface2.atomic_files import (
     write_csv_atomic,
     write_manifest,
 )
-from sb_sphereface2.trials import TrialList, read_trials, speaker_of, utterance_id, write_trials
+from sb_sphereface2.data.trials import TrialList, read_trials, speaker_of, utterance_id, write_trials
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sb_sphereface2.atomic_files import write_text_atomic
+from sb_sphereface2.files import write_text_atomic
 
 
 def utterance_id(relative_path):

@@ -1,4 +1,4 @@
-"""Datasets for training and scoring, built from the CSVs of :mod:`sb_sphereface2.data_prep`.
+"""Datasets for training and scoring, built from the CSVs of :mod:`sb_sphereface2.data.prepare`.
 
 - :func:`training_dataset`: random crops of ``crop_seconds`` (only the crop is read
   from disk), resampled by the row's ``speed`` factor, with the speaker label encoded.
@@ -25,7 +25,7 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.data_pipeline import provides, takes
 
-from sb_sphereface2.atomic_files import temporary_path
+from sb_sphereface2.files import temporary_path
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def training_dataset(csv_path, label_encoder, crop_seconds=2.0, sample_rate=1600
     Arguments
     ---------
     csv_path : str
-        ``train.csv`` of :func:`sb_sphereface2.data_prep.prepare_voxceleb`.
+        ``train.csv`` of :func:`sb_sphereface2.data.prepare.prepare_voxceleb`.
     label_encoder : CategoricalEncoder
         From :func:`load_label_encoder`.
     crop_seconds : float
@@ -270,7 +270,7 @@ def utterance_dataset(csv_path, sample_rate=16000, max_seconds=None):
     Arguments
     ---------
     csv_path : str
-        A CSV of :func:`sb_sphereface2.data_prep.prepare_voxceleb`.
+        A CSV of :func:`sb_sphereface2.data.prepare.prepare_voxceleb`.
     sample_rate : int
         Sample rate of the audio.
     max_seconds : float, optional

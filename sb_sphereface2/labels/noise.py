@@ -14,7 +14,7 @@ up), chosen with a seeded generator from the sorted speaker list, so the same CS
 fraction, mode and seed always give the same output whatever the row order. Only
 ``spk_id`` changes; every other column and the row order stay as they were.
 
-Run ``python -m sb_sphereface2.label_noise IN.csv OUT.csv --fraction 0.1 --mode mixed``;
+Run ``python -m sb_sphereface2.labels.noise IN.csv OUT.csv --fraction 0.1 --mode mixed``;
 the report of what changed goes to ``OUT.noise.json`` (and is returned by
 ``inject_class_noise``).
 """
@@ -27,7 +27,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from sb_sphereface2.training_csv import read_training_csv, write_json, write_training_csv
+from sb_sphereface2.data.training_csv import read_training_csv, write_training_csv
+from sb_sphereface2.files import write_json_atomic
 
 MODES = ("merge", "split", "mixed")
 
@@ -219,14 +220,14 @@ def inject_class_noise(
         "corrupted": [entries[s] for s in sorted(entries)],
     }
     write_training_csv(out_csv, fieldnames, out_rows)
-    write_json(report_path(out_csv), report)
+    write_json_atomic(report_path(out_csv), report)
     return report
 
 
 def main(argv=None):
-    """Command line: ``python -m sb_sphereface2.label_noise IN.csv OUT.csv --fraction F``."""
+    """Command line: ``python -m sb_sphereface2.labels.noise IN.csv OUT.csv --fraction F``."""
     parser = argparse.ArgumentParser(
-        prog="python -m sb_sphereface2.label_noise",
+        prog="python -m sb_sphereface2.labels.noise",
         description="Corrupt a fraction of the speakers of a training CSV class-wise "
         "(merge into another speaker or split into fake speakers). Writes OUT.csv and "
         "OUT.noise.json (what changed).",

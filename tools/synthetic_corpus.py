@@ -15,7 +15,7 @@ espeak-ng comes from Debian's packages: ``apt-get install -y espeak-ng``.
 
 Command line::
 
-    python -m sb_sphereface2.synthetic_corpus OUT_DIR --speakers 40
+    python tools/synthetic_corpus.py OUT_DIR --speakers 40
 """
 
 import argparse
@@ -32,7 +32,7 @@ import soundfile
 from scipy.signal import lfilter, resample_poly
 from tqdm.auto import tqdm
 
-from sb_sphereface2.trials import TrialList, write_trials
+from sb_sphereface2.data.trials import TrialList, write_trials
 
 SAMPLE_RATE = 16000
 CORPUS_VERSION = 1

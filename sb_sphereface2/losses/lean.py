@@ -27,7 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sb_sphereface2.sphereface2 import _EPS, MARGIN_TYPES
+from sb_sphereface2.losses.margins import _EPS, MARGIN_TYPES
 
 # F.softplus returns its input (and a unit gradient) above this logit.
 _SOFTPLUS_THRESHOLD = 20.0
@@ -265,7 +265,7 @@ def lean_sphereface2_loss(cos, targets, bias, margin, scale, lambda_, t, margin_
 
     Example
     -------
-    >>> from sb_sphereface2.sphereface2 import sphereface2_loss
+    >>> from sb_sphereface2.losses.sphereface2 import sphereface2_loss
     >>> cos = torch.tensor([[0.9, -0.1, 0.2], [0.3, 0.5, -0.7]])
     >>> args = (torch.tensor([0, 1]), torch.tensor(1.0), 0.2, 32.0, 0.7, 3.0, "C", False)
     >>> lean = lean_sphereface2_loss(cos, *args, chunk_columns=2)

@@ -45,8 +45,9 @@ import torch.nn.functional as F
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from speechbrain.utils.distributed import if_main_process
 
-from sb_sphereface2.head import flatten_embeddings
-from sb_sphereface2.sphereface2 import MARGIN_TYPES, SphereFace2Loss
+from sb_sphereface2.models.head import flatten_embeddings
+from sb_sphereface2.losses.margins import MARGIN_TYPES
+from sb_sphereface2.losses.sphereface2 import SphereFace2Loss
 
 
 def world_and_rank():
@@ -309,7 +310,7 @@ def class_block_loss(cos, targets, start, bias, margin, scale, lambda_, t, margi
 
     Example
     -------
-    >>> from sb_sphereface2.sphereface2 import sphereface2_loss
+    >>> from sb_sphereface2.losses.sphereface2 import sphereface2_loss
     >>> cos, y = torch.rand(3, 5) * 2 - 1, torch.tensor([0, 3, 4])
     >>> args = (torch.tensor(1.0), 0.2, 32.0, 0.7, 3.0, "C", False)
     >>> parts = class_block_loss(cos[:, :2], y, 0, *args, 3) + class_block_loss(cos[:, 2:], y, 2, *args, 3)

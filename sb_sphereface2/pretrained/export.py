@@ -196,8 +196,8 @@ def mean_embedding(folder, train_embeddings=None, train_csv=None, max_utterances
     folder : str
         The model folder (used to embed ``train_csv``).
     train_embeddings : str, optional
-        A training embeddings ``.npz`` (:mod:`sb_sphereface2.embeddings_io`): its mean is
-        exactly the one the scorer (``python -m sb_sphereface2.score --train-embeddings``)
+        A training embeddings ``.npz`` (:mod:`sb_sphereface2.scoring.embeddings_io`): its mean is
+        exactly the one the scorer (``python -m sb_sphereface2.scoring --train-embeddings``)
         subtracts.
     train_csv : str, optional
         Otherwise a data CSV (``train.csv`` of the recipe's data folder) whose whole
@@ -215,12 +215,12 @@ def mean_embedding(folder, train_embeddings=None, train_csv=None, max_utterances
     if (train_embeddings is None) == (train_csv is None):
         raise ValueError("give exactly one of train_embeddings (.npz) or train_csv")
     if train_embeddings is not None:
-        from sb_sphereface2.embeddings_io import load_embeddings
+        from sb_sphereface2.scoring.embeddings_io import load_embeddings
 
         _, embeddings, _ = load_embeddings(train_embeddings)
         return embeddings.astype(np.float64).mean(axis=0)
-    from sb_sphereface2.dataio import utterance_dataset
-    from sb_sphereface2.embedding import embed_dataset
+    from sb_sphereface2.data.dataio import utterance_dataset
+    from sb_sphereface2.scoring.embed import embed_dataset
 
     if not os.path.isfile(train_csv):
         raise FileNotFoundError(f"training CSV not found: {train_csv}")
@@ -324,7 +324,7 @@ def _read_results(results_json):
     ):
         raise ValueError(
             f"{results_json}: expected {{list_name: {{eer_percent, min_dcf_0.01, ...}}}} "
-            "as written by sb_sphereface2.scoring.write_results"
+            "as written by sb_sphereface2.scoring.trial_scores.write_results"
         )
     settings = document.get("settings", {}) if "results" in document else {}
     return results, settings
@@ -336,7 +336,7 @@ def results_table(results_json):
     Arguments
     ---------
     results_json : str
-        ``results.json`` of :func:`sb_sphereface2.scoring.write_results` (or a plain
+        ``results.json`` of :func:`sb_sphereface2.scoring.trial_scores.write_results` (or a plain
         ``{list_name: metrics}`` JSON).
 
     Returns
@@ -348,7 +348,7 @@ def results_table(results_json):
     Example
     -------
     >>> import tempfile
-    >>> from sb_sphereface2.scoring import evaluate, write_results
+    >>> from sb_sphereface2.scoring.trial_scores import evaluate, write_results
     >>> out = tempfile.mkdtemp()
     >>> _ = write_results(out, {"toy": evaluate([0.1, 0.3, 0.2, 0.4], [0, 0, 1, 1], p_targets=(0.01,))})
     >>> print(results_table(os.path.join(out, "results.json")).splitlines()[2])
@@ -620,7 +620,7 @@ def _verify(out_folder, reference, mean, atol):
     from speechbrain.inference.classifiers import EncoderClassifier
     from speechbrain.inference.speaker import SpeakerRecognition
 
-    from sb_sphereface2.embedding import embed_waveform
+    from sb_sphereface2.scoring.embed import embed_waveform
 
     probe = _probe_signal(sample_rate=int(reference.get("sample_rate", 16000)))
     expected = embed_waveform(

@@ -22,7 +22,7 @@ import numpy as np
 import soundfile
 from tqdm.auto import tqdm
 
-from sb_sphereface2.atomic_files import (
+from sb_sphereface2.files import (
     outputs_intact,
     read_manifest,
     temporary_path,

@@ -19,7 +19,7 @@ import ruamel.yaml.tag
 import torch
 from hyperpyyaml import resolve_references
 
-from sb_sphereface2.recipe_hparams import _merge_overrides, compose_hparams_yaml
+from sb_sphereface2.hparams import _merge_overrides, compose_hparams_yaml
 
 CHECKPOINT_FILES = {
     "embedding_model": "embedding_model.ckpt",
@@ -59,7 +59,7 @@ def inference_hparams_yaml(stage_file, overrides=None, **extra):
     Example
     -------
     >>> text = inference_hparams_yaml("hparams/train.yaml", {"data_folder": "x"}, num_classes=7)
-    >>> "embedding_model: !new:sb_sphereface2.resnet.ResNet" in text
+    >>> "embedding_model: !new:sb_sphereface2.models.resnet.ResNet" in text
     True
     """
     composed = compose_hparams_yaml(stage_file, overrides)
@@ -76,7 +76,7 @@ def inference_hparams_yaml(stage_file, overrides=None, **extra):
         out[key] = tree[key]
     # A head sharded across DDP processes is saved whole: inference uses the plain head.
     tag = getattr(out["classifier"], "tag", None)
-    if tag is not None and tag.value == "!new:sb_sphereface2.sharded.ShardedSphereFace2Head":
+    if tag is not None and tag.value == "!new:sb_sphereface2.losses.sharded.ShardedSphereFace2Head":
         out["classifier"].yaml_set_ctag(ruamel.yaml.tag.Tag(suffix="!new:sb_sphereface2.SphereFace2Head"))
     text = io.StringIO()
     yaml.dump(out, text)

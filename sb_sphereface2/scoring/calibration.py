@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from sb_sphereface2.metrics import check_scores
+from sb_sphereface2.scoring.metrics import check_scores
 
 __all__ = ["LogisticCalibration"]
 

@@ -15,15 +15,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sb_sphereface2.atomic_files import write_text_atomic
-from sb_sphereface2.metrics import (
+from sb_sphereface2.files import write_text_atomic
+from sb_sphereface2.scoring.metrics import (
     check_scores,
     compute_actual_dcf,
     compute_cllr,
     compute_eer,
     compute_min_dcf,
 )
-from sb_sphereface2.score_norm import (
+from sb_sphereface2.scoring.normalization import (
     NORM_METHODS,
     cohort_statistics,
     l2_normalize,
@@ -62,7 +62,7 @@ def index_trials(ids, trials):
     ---------
     ids : dict or sequence of str
         ``{utterance_id: row}`` or the list of IDs in row order.
-    trials : sb_sphereface2.trials.TrialList
+    trials : sb_sphereface2.data.trials.TrialList
         The trials.
 
     Returns
@@ -78,7 +78,7 @@ def index_trials(ids, trials):
 
     Example
     -------
-    >>> from sb_sphereface2.trials import TrialList
+    >>> from sb_sphereface2.data.trials import TrialList
     >>> t = TrialList("toy", np.array([1, 0], dtype=np.int8), ["a/1", "a/1"], ["a/2", "b/1"])
     >>> [r.tolist() for r in index_trials(["a/1", "a/2", "b/1"], t)]
     [[0, 0], [1, 2]]
@@ -164,7 +164,7 @@ def score_trials(
         ``{utterance_id: row}`` or the IDs of the embedding rows.
     embeddings : numpy.ndarray or torch.Tensor
         Embeddings [U, D].
-    trials : sb_sphereface2.trials.TrialList
+    trials : sb_sphereface2.data.trials.TrialList
         The trials (IDs must be in ``ids``).
     mean : numpy.ndarray, optional
         Mean embedding [D] subtracted before the cosine (the training-set mean).
@@ -189,7 +189,7 @@ def score_trials(
 
     Example
     -------
-    >>> from sb_sphereface2.trials import TrialList
+    >>> from sb_sphereface2.data.trials import TrialList
     >>> t = TrialList("toy", np.array([1, 0], dtype=np.int8), ["a", "a"], ["b", "c"])
     >>> emb = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
     >>> score_trials(["a", "b", "c"], emb, t).round(4).tolist()
@@ -282,7 +282,7 @@ def write_scores(path, trials, scores, llrs=None):
     Example
     -------
     >>> import tempfile
-    >>> from sb_sphereface2.trials import TrialList
+    >>> from sb_sphereface2.data.trials import TrialList
     >>> t = TrialList("toy", np.array([1], dtype=np.int8), ["a/1"], ["a/2"])
     >>> path = os.path.join(tempfile.mkdtemp(), "scores.txt")
     >>> write_scores(path, t, np.array([0.5]))

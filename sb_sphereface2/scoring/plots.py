@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.stats import norm
 
-from sb_sphereface2.metrics import check_scores, compute_eer, det_curve
+from sb_sphereface2.scoring.metrics import check_scores, compute_eer, det_curve
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -46,7 +46,7 @@ def thin_det_points(p_fa, p_miss, resolution=0.005, floor=1e-5):
     Arguments
     ---------
     p_fa, p_miss : numpy.ndarray
-        Curve points (from :func:`sb_sphereface2.metrics.det_curve`).
+        Curve points (from :func:`sb_sphereface2.scoring.metrics.det_curve`).
     resolution : float
         Grid step in probit units; smaller keeps more points.
     floor : float
@@ -78,7 +78,7 @@ def plot_det(curves, path, title="DET curve"):
     ---------
     curves : dict
         ``{label: (scores, labels)}``; each is scored by the exact operating points of
-        :mod:`sb_sphereface2.metrics`, and its EER is marked and quoted in the legend.
+        :mod:`sb_sphereface2.scoring.metrics`, and its EER is marked and quoted in the legend.
     path : str or os.PathLike
         PNG file to write (atomically).
     title : str

@@ -20,7 +20,7 @@ not millions.
 ``clustering_scores`` measures the result against true labels (NMI, purity, inverse
 purity, adjusted Rand index); ``write_pseudo_label_csv`` writes a training CSV whose
 ``spk_id`` is the pseudo-label. Command line:
-``python -m sb_sphereface2.pseudo_labels --embeddings E.npz --csv unlabelled.csv --out pseudo.csv``
+``python -m sb_sphereface2.labels.pseudo --embeddings E.npz --csv unlabelled.csv --out pseudo.csv``
 with an .npz holding ``ids`` [N], ``embeddings`` [N, D] and optionally ``speakers`` [N].
 """
 
@@ -34,8 +34,9 @@ from tqdm import tqdm
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.linalg import eigh
 
-from sb_sphereface2.embeddings_io import load_embeddings
-from sb_sphereface2.training_csv import read_training_csv, write_json, write_training_csv
+from sb_sphereface2.scoring.embeddings_io import load_embeddings
+from sb_sphereface2.data.training_csv import read_training_csv, write_training_csv
+from sb_sphereface2.files import write_json_atomic
 
 METHODS = ("ahc", "spectral", "kmeans")
 AUTO_PRUNE_STEPS = 8  # neighbour counts tried when tuning the affinity graph
@@ -549,14 +550,14 @@ def pseudo_label(
         "scores": clustering_scores(true, labels) if true is not None else None,
     }
     write_pseudo_label_csv(in_csv, row_ids, labels, out_csv)
-    write_json(report_path(out_csv), report)
+    write_json_atomic(report_path(out_csv), report)
     return report
 
 
 def main(argv=None):
-    """Command line: ``python -m sb_sphereface2.pseudo_labels --embeddings E.npz --csv IN.csv --out OUT.csv``."""
+    """Command line: ``python -m sb_sphereface2.labels.pseudo --embeddings E.npz --csv IN.csv --out OUT.csv``."""
     parser = argparse.ArgumentParser(
-        prog="python -m sb_sphereface2.pseudo_labels",
+        prog="python -m sb_sphereface2.labels.pseudo",
         description="Cluster utterance embeddings into pseudo speakers and write a training "
         "CSV whose spk_id is the cluster, plus OUT.clusters.json (cluster sizes; NMI and "
         "purity when true speakers are known).",

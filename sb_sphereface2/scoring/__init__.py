@@ -1,0 +1,14 @@
+"""Verification scoring: embeddings (``embed``, ``embeddings_io``), trial scores
+(``trial_scores``), metrics (``metrics``), score normalisation (``normalization``),
+calibration (``calibration``), plots (``plots``) and the command line
+(``python -m sb_sphereface2.scoring``, ``cli``)."""
+
+# 0.1.0 had these in the module ``sb_sphereface2.scoring``.
+from sb_sphereface2.scoring.trial_scores import (  # noqa: F401
+    build_cohort,
+    evaluate,
+    index_trials,
+    score_trials,
+    write_results,
+    write_scores,
+)

@@ -1,0 +1,7 @@
+"""``python -m sb_sphereface2.scoring``: see :mod:`sb_sphereface2.scoring.cli`."""
+
+import sys
+
+from sb_sphereface2.scoring.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training: per-iteration margin and learning-rate schedules."""
