@@ -16,6 +16,7 @@ setup(
         "hyperpyyaml>=1.2.2",
         "numpy>=1.24",
         "scipy>=1.10",
+        "scikit-learn>=1.2",
         "sentencepiece",
         "soundfile>=0.12",
         "matplotlib>=3.7",
