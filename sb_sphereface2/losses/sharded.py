@@ -33,13 +33,13 @@ here too, where version 0.1.0 had them.
 """
 
 import torch
-from torch.distributed.nn.functional import all_reduce
 
 from sb_sphereface2.losses.base import margin_logits
 from sb_sphereface2.losses.sphereface2 import SphereFace2Loss
 from sb_sphereface2.models.sharded_head import ShardedSphereFace2Head, shard_range
 from sb_sphereface2.training.distributed import (
     all_gather_rows,
+    gather_with_gradient,
     load_optimizer_per_process,
     save_optimizer_per_process,
     world_and_rank,
@@ -106,8 +106,8 @@ class ShardedSphereFace2Loss(SphereFace2Loss):
         """N x (this block's share of the loss) for the head's cosines and local labels."""
         cos, all_targets, world, _, start = self._flatten(outputs, targets)
         # The average over processes is the bias itself; its gradient is the average of
-        # the processes' gradients (all_reduce's backward sums them).
-        bias = self.bias if world == 1 else all_reduce(self.bias) / world
+        # the processes' gradients (the gather's backward sums them).
+        bias = self.bias if world == 1 else gather_with_gradient(self.bias).mean()
         return self.block_loss(cos, all_targets, start, bias, normaliser=cos.shape[0] / world)
 
     def training_logits(self, outputs, targets):

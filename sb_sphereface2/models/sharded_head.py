@@ -20,11 +20,15 @@ import torch
 import torch.nn.functional as F
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from speechbrain.utils.distributed import if_main_process
-from torch.distributed.nn.functional import all_gather
 
 from sb_sphereface2.files import torch_save_atomic
 from sb_sphereface2.models.head import flatten_embeddings
-from sb_sphereface2.training.distributed import all_gather_rows, check_equal_batches, world_and_rank
+from sb_sphereface2.training.distributed import (
+    all_gather_rows,
+    check_equal_batches,
+    gather_with_gradient,
+    world_and_rank,
+)
 
 
 def shard_range(num_classes, rank, world_size):
@@ -119,7 +123,7 @@ class ShardedSphereFace2Head(torch.nn.Module):
         weight = self.weight
         world = check_equal_batches(x.shape[0], x.device)
         if world > 1:
-            x = torch.cat(all_gather(x))
+            x = gather_with_gradient(x).flatten(0, 1)
             if weight.requires_grad and torch.is_grad_enabled():
                 weight = weight.view_as(weight)
                 weight.register_hook(lambda grad: grad / world)

@@ -1,16 +1,18 @@
 """DDP helpers for the sharded head: world size and rank, a gather of rows without
 gradient, and an optimizer state saved per process.
 
-The gathers *with* gradient are ``torch.distributed.nn.functional``'s (``all_gather``,
-``all_reduce``); here are the ones torch does not offer: rows of different counts per
-process (a head split unevenly, checkpoints) and the checkpoint hooks of an optimizer
-whose state differs between processes.
+The gather *with* gradient is ``torch.distributed.nn.functional.all_gather``
+(``gather_with_gradient``); the rest is what torch does not offer: rows of different
+counts per process (a head split unevenly, checkpoints) and the checkpoint hooks of an
+optimizer whose state differs between processes.
 """
 
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
+from torch.distributed.nn.functional import all_gather
 
 from sb_sphereface2.files import torch_save_atomic
 
@@ -26,6 +28,24 @@ def world_and_rank():
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
+
+
+def gather_with_gradient(tensor):
+    """The tensors of all processes (equal shapes), stacked along a new dim 0, in rank
+    order; the backward pass sums each process's gradients of its own tensor. Without a
+    process group, ``tensor[None]``.
+
+    Example
+    -------
+    >>> gather_with_gradient(torch.tensor([1.0, 2.0])).tolist()
+    [[1.0, 2.0]]
+    """
+    if world_and_rank()[0] == 1:
+        return tensor.unsqueeze(0)
+    with warnings.catch_warnings():
+        # torch 2.14 points to a private module (_functional_collectives) instead.
+        warnings.filterwarnings("ignore", "torch.distributed.nn.functional", FutureWarning)
+        return torch.stack(all_gather(tensor))
 
 
 def all_gather_rows(tensor):
