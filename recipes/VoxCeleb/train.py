@@ -34,7 +34,11 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from sb_sphereface2.data.augmentation import prepare_musan, write_augment_csv
 from sb_sphereface2.data.prepare import prepare_voxceleb
-from sb_sphereface2.data.dataio import load_label_encoder, read_speakers, training_dataset, utterance_dataset
+from sb_sphereface2.data.dataio import training_dataset, utterance_dataset
+from sb_sphereface2.data.shard_writer import pack_shards
+from sb_sphereface2.data.shards import shard_loader
+from sb_sphereface2.data.speakers import check_classes, label_encoder, read_speakers
+from sb_sphereface2.data.speed import speed_labels, training_speeds
 from sb_sphereface2.scoring.embed import embed_dataset
 from sb_sphereface2.scoring.metrics import compute_eer
 from sb_sphereface2.pretrained.folder import check_model_folder, inference_hparams_yaml, write_model_folder
@@ -206,23 +210,48 @@ def check_settings(settings):
 
 
 def label_encoder_for(settings, train_csv):
-    """The training label encoder: built from train.csv, or the pretrained model's when
-    fine-tuning (its head keeps its classes)."""
-    path = os.path.join(settings["data_prep_folder"], "label_encoder.txt")
+    """The training label encoder: speakers x speeds (speed-specific classes), built from
+    train.csv, or the pretrained model's when fine-tuning (its head keeps its classes)."""
+    labels = speed_labels(read_speakers(train_csv), training_speeds(settings["speed_perturb"]))
     pretrained = settings.get("pretrained_model")
     if not pretrained:
-        run_on_main(load_label_encoder, args=[train_csv, path])
-        return load_label_encoder(train_csv, path), path
+        path = os.path.join(settings["data_prep_folder"], "label_encoder.txt")
+        return label_encoder(labels, path), path
     path = os.path.join(pretrained, "label_encoder.txt")
     encoder = CategoricalEncoder()
     encoder.load(path)
-    unknown = sorted(set(read_speakers(train_csv)) - set(encoder.lab2ind))
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} training speakers are not classes of the pretrained model "
-            f"{pretrained} (first: {unknown[0]}); fine-tune on the speakers it was trained on"
-        )
+    check_classes(encoder, labels, f"the pretrained model {pretrained}")
     return encoder, path
+
+
+def training_input(hparams, train_csv, encoder):
+    """The training data as ``(train_set, loader_kwargs)``: the CSV's utterances
+    (``data_source: csv``) or tar shards packed from it (``data_source: shards``)."""
+    common = dict(
+        crop_seconds=hparams["crop_seconds"],
+        sample_rate=hparams["sample_rate"],
+        speeds=training_speeds(hparams["speed_perturb"]),
+        seed=hparams["seed"],
+        epoch_source=hparams["epoch_counter"],
+    )
+    source = hparams.get("data_source", "csv")
+    if source == "csv":
+        return training_dataset(train_csv, encoder, **common), hparams["dataloader_options"]
+    if source != "shards":
+        raise ValueError(f"data_source must be csv or shards, got {source!r}")
+    folder = hparams["shard_folder"]
+    run_on_main(
+        pack_shards, args=[train_csv, folder],
+        kwargs={"utterances_per_shard": hparams["utterances_per_shard"], "sample_rate": hparams["sample_rate"],
+                "seed": hparams["seed"]},
+    )
+    options = dict(hparams["dataloader_options"])
+    loader = shard_loader(
+        folder, encoder, options.pop("batch_size"), num_workers=options.pop("num_workers", 0),
+        shuffle_buffer=hparams["shuffle_buffer"], **common, **options,
+    )
+    hparams["checkpointer"].add_recoverable("shard_loader", loader)  # its place in an epoch
+    return loader, {}
 
 
 def load_pretrained(hparams, folder):
@@ -295,13 +324,7 @@ def main(argv):
     if settings.get("init_encoder_from"):
         init_encoder(hparams, settings["init_encoder_from"])
 
-    train_set = training_dataset(
-        train_csv,
-        encoder,
-        crop_seconds=hparams["crop_seconds"],
-        sample_rate=hparams["sample_rate"],
-        speed_perturbed=hparams["speed_perturb"],
-    )
+    train_set, train_loader_kwargs = training_input(hparams, train_csv, encoder)
     brain = SpeakerBrain(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
@@ -309,13 +332,15 @@ def main(argv):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
+    if isinstance(train_set, torch.utils.data.DataLoader):  # shards: Brain makes no loader of its own
+        brain.batches_per_epoch = len(train_set)
     brain.dev = None
     if prepared.get("dev_csv"):
         brain.dev = (utterance_dataset(prepared["dev_csv"], hparams["sample_rate"]), read_trials(prepared["dev_trials"]))
     brain.fit(
         hparams["epoch_counter"],
         train_set,
-        train_loader_kwargs=hparams["dataloader_options"],
+        train_loader_kwargs=train_loader_kwargs,
     )
     if if_main_process():
         average_into_model_folder(brain, hparams, stage_file, overrides, num_classes, encoder_path)
