@@ -221,9 +221,13 @@ class ShardDataset(torch.utils.data.IterableDataset):
             raise ValueError(
                 f"ShardDataset was made for {self.num_workers} DataLoader workers but runs in {workers}"
             )
-        # Batch j of this process comes from worker j % workers (DataLoader's round robin).
-        skip = max(0, -(-(self.skip_batches - worker) // workers))
-        return self._batches(epoch, self.rank * workers + worker, skip)
+        # DataLoader takes batches from its workers in turn, starting with worker 0, and
+        # batch j of an epoch belongs to reader j % workers. Resuming after s batches,
+        # worker w plays reader (w + s) % workers, so that the first batch is batch s.
+        done = self.skip_batches
+        reader = (worker + done) % workers
+        skip = max(0, -(-(done - reader) // workers))  # its batches among the first s
+        return self._batches(epoch, self.rank * workers + reader, skip)
 
     def _batches(self, epoch, reader, skip):
         plan = epoch_plan(self.shard_sizes, self.world_size * self.readers_per_process, self.batch_size, self.seed, epoch)
