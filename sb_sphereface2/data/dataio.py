@@ -25,7 +25,7 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.data_pipeline import provides, takes
 
 from sb_sphereface2.data.audio import random_speed_crop, read_segment
-from sb_sphereface2.data.speakers import label_encoder, read_speakers  # noqa: F401 (public here since 0.1.0)
+from sb_sphereface2.data.speakers import read_speakers  # noqa: F401 (public here since 0.1.0)
 from sb_sphereface2.data.speed import SPEEDS, current_epoch, draw_speed, item_rng, speed_label
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ def training_dataset(csv_path, label_encoder, crop_seconds=2.0, sample_rate=1600
     -------
     >>> import os, tempfile, numpy as np, soundfile
     >>> from types import SimpleNamespace
+    >>> from sb_sphereface2.data.speakers import label_encoder
     >>> from sb_sphereface2.data.speed import speed_labels
     >>> folder = tempfile.mkdtemp()
     >>> wav = os.path.join(folder, "a.wav")
