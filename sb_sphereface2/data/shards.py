@@ -97,6 +97,20 @@ def epoch_plan(shard_sizes, readers, batch_size, seed, epoch):
     return plan
 
 
+def batches_per_process(utterances, world_size, num_workers, batch_size):
+    """Batches (iterations) per process in an epoch of the shard path: every reader
+    (``world_size x max(1, num_workers)``) yields ceil(its utterances / batch_size).
+
+    Example
+    -------
+    >>> batches_per_process(1092009, world_size=4, num_workers=4, batch_size=64)  # VoxCeleb2, 256 in all
+    4268
+    """
+    readers = max(1, int(num_workers))
+    largest = -(-int(utterances) // (int(world_size) * readers))
+    return readers * -(-largest // int(batch_size))
+
+
 def read_span(path, first, stop):
     """Records ``first..stop-1`` of a shard as dicts ``{"__key__", "json", "flac", ...}``
     (member extensions as keys, bytes as values); earlier records' data is not read."""
@@ -209,9 +223,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
 
     def __len__(self):
         """Batches per process and epoch (the same for every process)."""
-        readers = self.world_size * self.readers_per_process
-        largest = -(-sum(self.shard_sizes) // readers)
-        return self.readers_per_process * -(-largest // self.batch_size)
+        return batches_per_process(sum(self.shard_sizes), self.world_size, self.num_workers, self.batch_size)
 
     def __iter__(self):
         epoch = self.epoch if self.epoch is not None else current_epoch(self.epoch_source)
