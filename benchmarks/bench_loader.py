@@ -2,9 +2,10 @@
 
 What one utterance costs (in the DataLoader workers, as in training): read (CSV path:
 the WAV span a crop needs; shard path: the tar record, then FLAC decode), a random speed
-(0.9/1.0/1.1, torchaudio resampling), a 2 s random crop; with ``+aug+fbank`` also the
-recipe's augmentation (probability 0.6, one of noise / babble / music / reverberation,
-``speechbrain.augment``) and 80-dim fbank (``speechbrain.lobes.features.Fbank``), run per
+(0.9/1.0/1.1, torchaudio resampling), a 2.015 s (200-frame) random crop; with
+``+aug+fbank`` also the recipe's augmentation (``ReverbOrNoise``: probability 0.6,
+reverberation or MUSAN-style noise, mixed by ``speechbrain.augment``) and 80-bin Kaldi
+fbank (the recipe's ``KaldiFbank``), run per
 batch in the workers through ``collate_fn`` (in training they run in the Brain, on the
 GPU when there is one: then only the first column matters for the CPU).
 
@@ -44,7 +45,6 @@ sys.path.insert(0, str(ROOT))
 from speechbrain.dataio.batch import PaddedBatch  # noqa: E402
 from speechbrain.dataio.dataloader import make_dataloader  # noqa: E402
 
-from sb_sphereface2.data.augmentation import write_augment_csv  # noqa: E402
 from sb_sphereface2.data.dataio import training_dataset  # noqa: E402
 from sb_sphereface2.data.shard_writer import pack_shards  # noqa: E402
 from sb_sphereface2.data.shards import shard_loader  # noqa: E402
@@ -75,15 +75,13 @@ def make_corpus(folder, utterance_seconds=7.0):
 
 
 def make_augmentation(folder):
-    """The recipe's augmenter over synthetic noise (white, speech-shaped, music-like) and
-    decaying-noise impulse responses."""
-    from speechbrain.augment.augmenter import Augmenter
-    from speechbrain.augment.time_domain import AddNoise, AddReverb
+    """The recipe's augmentation (``ReverbOrNoise``, probability 0.6) over synthetic MUSAN-like
+    folders (5 s noise files) and decaying-noise impulse responses."""
+    from sb_sphereface2.data.augmentation import ReverbOrNoise, prepare_musan, prepare_rir
 
     rng = np.random.default_rng(0)
-    csvs = {}
     for kind in ("noise", "speech", "music", "rir"):
-        sub = folder / kind
+        sub = folder / "sources" / kind
         sub.mkdir(parents=True, exist_ok=True)
         for index in range(5):
             if kind == "rir":
@@ -93,26 +91,20 @@ def make_augmentation(folder):
             else:
                 signal = rng.standard_normal(5 * RATE) * 0.1
             soundfile.write(sub / f"{index}.wav", signal.astype(np.float32), RATE)
-        csvs[kind] = str(folder / f"{kind}.csv")
-        write_augment_csv(str(sub), csvs[kind], sample_rate=RATE)
-    return Augmenter(
-        augment_prob=0.6, min_augmentations=1, max_augmentations=1,
-        augmentations=[
-            AddNoise(csv_file=csvs["noise"], snr_low=0, snr_high=15),
-            AddNoise(csv_file=csvs["speech"], snr_low=10, snr_high=30),
-            AddNoise(csv_file=csvs["music"], snr_low=5, snr_high=15),
-            AddReverb(csv_file=csvs["rir"]),
-        ],
-    )
+    csvs = folder / "csv"
+    prepare_musan(str(folder / "sources"), str(csvs), sample_rate=RATE)
+    prepare_rir(str(folder / "sources" / "rir"), str(csvs), sample_rate=RATE)
+    return ReverbOrNoise(str(csvs), augment_prob=0.6, sample_rate=RATE)
 
 
 class AugmentAndFbank:
-    """collate_fn: the batch (a PaddedBatch, or items to make one) -> augmented fbank."""
+    """collate_fn: the batch (a PaddedBatch, or items to make one) -> augmented Kaldi fbank
+    (the recipe's ``KaldiFbank``, 80 bins, dither 1.0)."""
 
     def __init__(self, augment):
-        from speechbrain.lobes.features import Fbank
+        from sb_sphereface2.models.features import KaldiFbank
 
-        self.augment, self.fbank = augment, Fbank(n_mels=80)
+        self.augment, self.fbank = augment, KaldiFbank(n_mels=80, sample_rate=RATE, dither=1.0, window="hamming")
 
     def __call__(self, batch):
         if not isinstance(batch, PaddedBatch):
@@ -152,7 +144,7 @@ def run(args):
         for workers in args.workers:
             for path in ("csv", "shards"):
                 clock = SimpleNamespace(current=1)
-                common = dict(crop_seconds=2.0, speeds=SPEEDS, seed=1, epoch_source=clock)
+                common = dict(crop_seconds=2.015, speeds=SPEEDS, seed=1, epoch_source=clock)
                 post = {"collate_fn": AugmentAndFbank(augment)} if stage != "load" else {}
                 if path == "csv":
                     data = training_dataset(csv_path, encoder, **common)

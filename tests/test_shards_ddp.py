@@ -46,6 +46,7 @@ def _read_epochs(rank, world_size, port, folder, labels, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_with_two_workers_read_each_utterance_once_per_epoch(tmp_path):
     from sb_sphereface2.data.shard_writer import pack_shards
     from sb_sphereface2.data.speed import speed_labels
