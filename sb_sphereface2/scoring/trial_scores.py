@@ -9,6 +9,7 @@ result tables are written by :mod:`sb_sphereface2.scoring.reports` (``write_scor
 ``write_results`` are importable from here too, as in 0.1.0).
 """
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,10 +26,10 @@ from sb_sphereface2.scoring.metrics import (
 from sb_sphereface2.scoring.normalization import (
     NORM_METHODS,
     CohortStatistics,
-    cohort_statistics,
     l2_normalize,
     normalize_scores,
     speaker_mean_cohort,
+    unit_cohort_statistics,
 )
 from sb_sphereface2.scoring.reports import write_results, write_scores  # noqa: F401 (0.1.0 paths)
 
@@ -89,9 +90,9 @@ def index_trials(ids, trials):
     ValueError: trial list 'toy', line 2: test utterance 'b/1' has no embedding (1 of 2 trials name an utterance with no embedding)
     """
     index = _index_of(ids)
-    lookup = index.get
-    enrol_rows = np.fromiter((lookup(u, -1) for u in trials.enrol), np.int64, len(trials))
-    test_rows = np.fromiter((lookup(u, -1) for u in trials.test), np.int64, len(trials))
+    missing_row = itertools.repeat(-1)
+    enrol_rows = np.fromiter(map(index.get, trials.enrol, missing_row), np.int64, len(trials))
+    test_rows = np.fromiter(map(index.get, trials.test, missing_row), np.int64, len(trials))
     missing = (enrol_rows < 0) | (test_rows < 0)
     if missing.any():
         first = int(np.argmax(missing))
@@ -240,11 +241,15 @@ def score_trial_list(
     test_local = torch.from_numpy(inverse[len(trials) :])
     if torch.is_tensor(embeddings):
         embeddings = embeddings.detach().cpu().numpy()
-    centred = np.asarray(embeddings)[used].astype(np.float32)
+    embeddings = np.asarray(embeddings)
+    if len(used) < len(embeddings):  # only the utterances the list names
+        embeddings = embeddings[used]
+    centred = torch.from_numpy(embeddings.astype(np.float32, copy=False))
     if mean is not None:
-        centred = centred - np.asarray(mean, dtype=np.float32)
-    magnitude = np.linalg.norm(centred.astype(np.float64), axis=1)
-    units = l2_normalize(centred)
+        centred = centred - torch.as_tensor(np.asarray(mean), dtype=torch.float32)
+    magnitude_t = torch.linalg.vector_norm(centred, dim=1)
+    units = centred / magnitude_t.clamp_min(1e-12)[:, None]  # what F.normalize computes
+    magnitude = magnitude_t.numpy().astype(np.float64)
     scores = np.empty(len(trials), dtype=np.float64)
     with torch.no_grad():
         for start in tqdm(
@@ -258,9 +263,10 @@ def score_trial_list(
     enrol_idx, test_idx = enrol_local.numpy(), test_local.numpy()
     result = ScoredTrials(scores, enrol_rows, test_rows, magnitude[enrol_idx], magnitude[test_idx])
     stats = None
+    cohort_units = None if cohort is None else l2_normalize(cohort)
     if norm is not None:
-        stats = cohort_statistics(
-            units, cohort, top_n=top_n if norm == "asnorm" else None,
+        stats = unit_cohort_statistics(
+            units, cohort_units, top_n=top_n if norm == "asnorm" else None,
             chunk_size=cohort_chunk_size, progress=progress,
         )
         enrol_stats = CohortStatistics(stats.mean[enrol_idx], stats.std[enrol_idx])
@@ -268,8 +274,8 @@ def score_trial_list(
         result.scores = normalize_scores(scores, enrol_stats, test_stats, norm)
     if imposter_top_n is not None:
         if not (norm == "asnorm" and imposter_top_n == top_n):
-            stats = cohort_statistics(units, cohort, top_n=imposter_top_n,
-                                      chunk_size=cohort_chunk_size, progress=progress)
+            stats = unit_cohort_statistics(units, cohort_units, top_n=imposter_top_n,
+                                           chunk_size=cohort_chunk_size, progress=progress)
         result.enrol_imposter_mean = stats.mean[enrol_idx]
         result.test_imposter_mean = stats.mean[test_idx]
     return result
