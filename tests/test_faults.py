@@ -126,11 +126,15 @@ def scoring_setup(librispeech_voxceleb_tree):
         if value.is_floating_point():
             state[key] = value + 0.05 * torch.randn(value.shape, generator=generator)
     torch.save(state, model_b / "embedding_model.ckpt")
+    # The first scoring also calibrates (QMF: durations and imposter means) on a list of
+    # training speakers' utterances, found in train.csv.
+    calibration_list = base / "calibration.txt"
+    calibration_list.write_text("\n".join(_scoring_trial_lines(train_speakers, seed=4)) + "\n")
     out = base / "scores"
-    first = _scoring_run(model_a, run_folder / "data", out)
+    first = _scoring_run(model_a, run_folder / "data", out, f"--calibration_trials={calibration_list}")
     assert first.returncode == 0, first.stderr[-3000:]
     yield {"base": base, "model_a": model_a, "model_b": model_b, "prep": run_folder / "data", "out": out,
-           "first": first, "trial_list": trial_list}
+           "first": first, "trial_list": trial_list, "calibration_list": calibration_list}
     _scoring_shutil.rmtree(base, ignore_errors=True)
 
 
@@ -156,7 +160,17 @@ def test_scoring_results_name_the_model_and_the_trial_lists(scoring_setup):
             assert metrics["trial_list_sha256"] == list_sha
             assert (metrics["duplicate_trials"], metrics["self_trials"]) == (1, 1)
             assert metrics["trials"] == 34
+    for sub in ("cosine", "asnorm"):  # QMF calibration, fitted on the calibration list
+        calibration = _scoring_json.loads((out / sub / "calibration.json").read_text())
+        assert calibration["feature_names"] == ["min_duration", "max_duration", "min_imposter_mean",
+                                                "max_imposter_mean"]
+        settings = _scoring_json.loads((out / sub / "results.json").read_text())["settings"]
+        assert str(setup["calibration_list"]) in settings["calibration"]
+        assert _scoring_sha256(setup["calibration_list"]) in settings["calibration"]
+        for metrics in _scoring_model_of(out / sub / "results.json")[1].values():
+            assert {"raw_cllr", "cllr", "raw_act_dcf_0.01", "act_dcf_0.01", "calibrated_eer_percent"} <= set(metrics)
     markdown = (out / "results.md").read_text()
+    assert "Calibration (before: the raw scores" in markdown
     assert f"Model: {setup['model_a']} (embedding_model.ckpt sha256 {expected_model['embedding_model_sha256']})" in markdown
     assert "1 duplicate trial (kept), 1 self-trial (kept)" in markdown
     assert not [p.name for p in out.parent.iterdir() if ".tmp" in p.name or ".old" in p.name]
