@@ -234,6 +234,17 @@ def test_a_second_run_on_a_busy_folder_refuses_with_the_holders_pid(workspace, c
     assert run(argv) == 0 and (out / "results.json").is_file()
 
 
+def test_a_folder_of_other_files_is_not_replaced(workspace, capsys):
+    tmp, _, _, _, (list_a, _) = workspace
+    out = tmp / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me\n")
+    assert run(["--embeddings", str(tmp / "test.npz"), "--trials", list_a, "--output-dir", str(out), "--quiet"]) == 1
+    assert capsys.readouterr().err == (f"error: output folder {out} holds 1 entries that are not scoring results "
+                                       "(e.g. 'notes.txt') and would be replaced as a whole: choose a new or empty folder\n")
+    assert sorted(os.listdir(out)) == ["notes.txt"]
+
+
 def test_a_failed_run_leaves_the_previous_results(workspace, monkeypatch, capsys):
     tmp, _, _, _, (list_a, list_b) = workspace
     out = tmp / "kept"

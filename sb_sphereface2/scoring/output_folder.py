@@ -11,7 +11,9 @@
    folder (:func:`sb_sphereface2.files.remove_stale_temporaries`).
 3. The run writes into a temporary folder beside the target, which replaces the target in
    one rename when the run succeeds (:func:`sb_sphereface2.files.atomic_folder`): a killed
-   or failed run leaves the previous complete results, or nothing.
+   or failed run leaves the previous complete results, or nothing. Because the target is
+   replaced as a whole, an existing target must be empty or hold earlier results (a
+   ``results.json``): a folder of other files is refused, not deleted.
 4. Operating-system errors on the output side (read-only or unwritable folder, disk full)
    become one :class:`OutputFolderError` line naming the folder, the file and the cause.
 """
@@ -74,6 +76,20 @@ def _is_output_side(error, parent, name):
     return relative == name or relative.startswith(f".{name}.")
 
 
+def _check_replaceable(path):
+    """Refuse to replace anything but an empty folder or earlier results."""
+    if not os.path.lexists(path):
+        return
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise OutputFolderError(f"output folder {path} exists and is not a folder")
+    entries = sorted(os.listdir(path))
+    if entries and "results.json" not in entries:
+        raise OutputFolderError(
+            f"output folder {path} holds {len(entries)} entries that are not scoring results "
+            f"(e.g. {entries[0]!r}) and would be replaced as a whole: choose a new or empty folder"
+        )
+
+
 @contextlib.contextmanager
 def exclusive_output_folder(path):
     """Lock ``path`` for this run and yield a temporary folder that replaces it on success
@@ -92,20 +108,20 @@ def exclusive_output_folder(path):
     Raises
     ------
     OutputFolderError
-        Another run holds the folder, or it cannot be created or written (the message
-        names the path and the cause).
+        Another run holds the folder, it holds files other than earlier results, or it
+        cannot be created or written (the message names the path and the cause).
 
     Example
     -------
     >>> import tempfile
     >>> out = os.path.join(tempfile.mkdtemp(), "scores")
     >>> with exclusive_output_folder(out) as tmp:
-    ...     write_text_atomic(os.path.join(tmp, "results.md"), "done\\n")
+    ...     write_text_atomic(os.path.join(tmp, "results.json"), "done\\n")
     >>> os.listdir(out)
-    ['results.md']
+    ['results.json']
     >>> messages = []
     >>> with exclusive_output_folder(out) as tmp:
-    ...     write_text_atomic(os.path.join(tmp, "results.md"), "half")
+    ...     write_text_atomic(os.path.join(tmp, "results.json"), "half")
     ...     try:
     ...         with exclusive_output_folder(out):  # a second run on the same folder
     ...             pass
@@ -116,7 +132,7 @@ def exclusive_output_folder(path):
     RuntimeError: the run fails
     >>> print(messages[0])
     output folder <out> is in use by another scoring run (PID <pid>); wait for it to finish or choose another output folder
-    >>> open(os.path.join(out, "results.md")).read(), os.listdir(os.path.dirname(out))
+    >>> open(os.path.join(out, "results.json")).read(), sorted(os.listdir(os.path.dirname(out)))
     ('done\\n', ['.scores.lock', 'scores'])
     """
     path = os.path.abspath(os.fspath(path))
@@ -139,6 +155,7 @@ def exclusive_output_folder(path):
     except OSError as error:
         raise unwritable(error) from None
     try:
+        _check_replaceable(path)
         write_text_atomic(pid_file, f"{os.getpid()}\n")
         remove_stale_temporaries(parent)
         with atomic_folder(path) as tmp:
