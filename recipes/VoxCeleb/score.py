@@ -31,12 +31,12 @@ import tempfile
 
 import numpy as np
 import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
 
 from sb_sphereface2.data.dataio import utterance_dataset
 from sb_sphereface2.data.prepare import CSV_HEADER
 from sb_sphereface2.data.trials import read_trials
 from sb_sphereface2.files import file_sha256, write_csv_atomic
+from sb_sphereface2.hparams import parse_overrides, peek_hparams
 from sb_sphereface2.scoring import cli as scorer
 from sb_sphereface2.scoring.embed import embed_dataset
 from sb_sphereface2.scoring.embeddings_io import save_embeddings
@@ -154,8 +154,10 @@ def embed_rows(rows, csv_path, modules, device, desc, sample_rate, max_seconds=N
 
 def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    with open(hparams_file, encoding="utf-8") as handle:
-        hp = load_hyperpyyaml(handle, overrides)
+    hp = peek_hparams(hparams_file, parse_overrides(overrides))  # unknown keys are named
+    for key in ("model_folder", "data_prep_folder"):
+        if not hp.get(key):
+            raise ValueError(f"--{key}=... is required (see {hparams_file})")
     device = run_opts.get("device", "cpu")
     trial_paths, calibration_path, utterance_rows, train_rows = check_inputs(hp)
     record = model_record(hp["model_folder"])
