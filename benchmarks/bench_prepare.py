@@ -51,6 +51,9 @@ def peak_mb():
             return int(line.split()[1]) / 1024
 def rss_mb():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def cpu_s():  # this process and its waited-for children (the decoding workers)
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
 """
 
 _CHILD_PREPARE = _CHILD_PRELUDE + """
@@ -62,36 +65,35 @@ try:
     open("/proc/self/clear_refs", "w").write("5")  # reset the peak counter after the imports
 except OSError:
     pass
-start = time.perf_counter()
+start, cpu = time.perf_counter(), cpu_s()
 out = prepare_voxceleb({root!r}, {save!r}, dev_speakers=20, test_speakers=20, min_seconds=0.1, seed={seed})
-seconds = time.perf_counter() - start
+seconds, cpu = time.perf_counter() - start, cpu_s() - cpu
 children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-print(json.dumps({{"seconds": seconds, "extra_mb": peak_mb() - before, "worker_peak_mb": children,
+print(json.dumps({{"seconds": seconds, "cpu_s": cpu, "extra_mb": peak_mb() - before, "worker_peak_mb": children,
                   "train_rows": out["summary"]["train"]["items"]}}))
 """
 
 _CHILD_BASELINE = _CHILD_PRELUDE + """
 import soundfile
-before = rss_mb()
-start = time.perf_counter()
+start, cpu = time.perf_counter(), cpu_s()
 frames = 0
 for folder, _, names in os.walk({root!r}):
     for name in names:
         if name.endswith(".wav"):
             frames += soundfile.info(os.path.join(folder, name)).frames
-seconds = time.perf_counter() - start
-print(json.dumps({{"seconds": seconds, "frames": frames}}))
+seconds, cpu = time.perf_counter() - start, cpu_s() - cpu
+print(json.dumps({{"seconds": seconds, "cpu_s": cpu, "frames": frames}}))
 """
 
 _CHILD_CHECK = _CHILD_PRELUDE + """
 from sb_sphereface2.data.audio_check import check_audio
 paths = sorted(os.path.join(f, n) for f, _, ns in os.walk({root!r}) for n in ns if n.endswith({ext!r}))
 keys = [(p, os.path.getsize(p), os.stat(p).st_mtime_ns) for p in paths]
-start = time.perf_counter()
+start, cpu = time.perf_counter(), cpu_s()
 reports, decoded = check_audio(keys, {cache!r}, num_workers={workers}, progress=False)
-seconds = time.perf_counter() - start
+seconds, cpu = time.perf_counter() - start, cpu_s() - cpu
 audio = sum(r.frames / r.sample_rate for r in reports)
-print(json.dumps({{"seconds": seconds, "files": decoded, "audio_seconds": audio}}))
+print(json.dumps({{"seconds": seconds, "cpu_s": cpu, "files": decoded, "audio_seconds": audio}}))
 """
 
 
@@ -144,9 +146,9 @@ def scale(sizes, workdir):
         }
         rows.append(row)
         print(
-            f"{files:>7} files: baseline (walk + header read) {baseline['seconds']:.1f} s; "
-            f"prepare cold {cold['seconds']:.1f} s ({files / cold['seconds']:.0f} files/s, "
-            f"{cold['seconds'] / baseline['seconds']:.1f}x baseline), extra {cold['extra_mb']:.0f} MB, "
+            f"{files:>7} files: baseline (walk + header read) {baseline['seconds']:.1f} s, CPU {baseline['cpu_s']:.1f} s; "
+            f"prepare cold {cold['seconds']:.1f} s ({files / cold['seconds']:.0f} files/s), CPU {cold['cpu_s']:.1f} s "
+            f"({cold['cpu_s'] / baseline['cpu_s']:.1f}x baseline CPU), extra {cold['extra_mb']:.0f} MB, "
             f"worker peak {cold['worker_peak_mb']:.0f} MB; unchanged {skip['seconds']:.1f} s; "
             f"new seed (cached audio) {cached['seconds']:.1f} s, extra {cached['extra_mb']:.0f} MB; "
             f"train.csv {csv_mb:.1f} MB",
@@ -174,20 +176,22 @@ def audio_check_speed(workdir):
             result = _child(_CHILD_CHECK.format(repo=str(REPO), root=str(root), ext=ext, cache=cache, workers=workers))
             shutil.rmtree(cache)
             files_per_s = result["files"] / result["seconds"]
-            audio_per_s = result["audio_seconds"] / result["seconds"]
-            projection_h = VOXCELEB2_DEV_FILES * VOXCELEB2_MEAN_SECONDS / audio_per_s / 3600
+            audio_per_cpu_s = result["audio_seconds"] / result["cpu_s"]
+            vox2_cpu_h = VOXCELEB2_DEV_FILES * VOXCELEB2_MEAN_SECONDS / audio_per_cpu_s / 3600
             row = {
                 "format": label, "workers": "default" if workers == "None" else workers, **result,
-                "files_per_s": files_per_s, "audio_s_per_s": audio_per_s,
-                "voxceleb2_dev_by_files_h": VOXCELEB2_DEV_FILES / files_per_s / 3600,
-                "voxceleb2_dev_by_audio_h": projection_h,
+                "files_per_s": files_per_s, "files_per_cpu_s": result["files"] / result["cpu_s"],
+                "audio_s_per_cpu_s": audio_per_cpu_s,
+                "voxceleb2_dev_wall_h_at_this_rate": VOXCELEB2_DEV_FILES / files_per_s / 3600,
+                "voxceleb2_dev_cpu_h": vox2_cpu_h,
             }
             rows.append(row)
             print(
                 f"audio check, librispeech-mini {label}, workers {row['workers']}: {result['files']} files "
-                f"in {result['seconds']:.2f} s = {files_per_s:.0f} files/s, {audio_per_s:.0f} s of audio/s; "
-                f"VoxCeleb2-dev projected {row['voxceleb2_dev_by_files_h']:.2f} h by files, "
-                f"{projection_h:.2f} h by audio length",
+                f"in {result['seconds']:.2f} s ({files_per_s:.0f} files/s), CPU {result['cpu_s']:.2f} s "
+                f"({row['files_per_cpu_s']:.0f} files per CPU-s, {audio_per_cpu_s:.0f} s of audio per CPU-s); "
+                f"VoxCeleb2-dev: {row['voxceleb2_dev_wall_h_at_this_rate']:.2f} h at this files/s, "
+                f"{vox2_cpu_h:.2f} CPU-hours by audio length",
                 flush=True,
             )
     shutil.rmtree(wav_root, ignore_errors=True)
