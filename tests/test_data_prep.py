@@ -177,7 +177,6 @@ def check_segments(rows, audio_root):
     return by_file
 
 
-@pytest.mark.slow
 def test_one_recording_per_speaker_librispeech_mini(tmp_path, caplog):
     """librispeech-mini: 251 speakers, one recording each. Recordings with 6 s of speech
     are cut; 20 validation and 24 held-out test speakers get segment-level trials whose
@@ -358,6 +357,28 @@ def test_worker_processes_match_a_single_process(tmp_path):
     assert decoded == 300 and many == one
     assert [k[0] for k, r in zip(keys, many) if r.nonfinite] == [str(root / "s07" / "u03.wav")]
     assert [r.frames for r in many[:3]] == [8000, 8160, 8320]
+
+
+def test_a_dead_decoding_process_is_a_one_line_error(tmp_path, monkeypatch):
+    """A file that kills its decoding process (a decoder crash) stops the check with one
+    line naming how many files were unfinished and the first; the finished ones are cached."""
+    root = tmp_path / "data"
+    for u in range(100):
+        path = root / "s" / f"u{u:03d}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(path, np.full(800, 0.1, np.float32), 16000)
+    keys = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*.wav"))]
+    real = audio_check.inspect_audio
+    monkeypatch.setattr(audio_check, "inspect_audio", lambda path: os._exit(1) if path.endswith("u070.wav") else real(path))
+    with pytest.raises(ValueError) as excinfo:
+        audio_check.check_audio(keys, str(tmp_path / "cache"), num_workers=2, progress=False)
+    message = str(excinfo.value)
+    assert "\n" not in message and "a decoding process died" in message
+    count = int(message.split(" on one of ")[1].split()[0])
+    first = [k[0] for k in keys].index(message.split("the first ")[1].split(";")[0])
+    assert first % 32 == 0 and first <= 64 and 32 <= count <= 100 - 32  # tasks of 32 files
+    cached = audio_check.AudioCheckCache(str(tmp_path / "cache")).load()
+    assert len(cached) >= 32 and not [k for k in cached if k[0].endswith("u070.wav")]
 
 
 def make_damaged(folder, damage):

@@ -12,6 +12,7 @@ beyond one small report per file. :func:`screen_audio` applies the verdict of
 """
 
 import concurrent.futures
+import concurrent.futures.process
 import csv
 import glob
 import multiprocessing
@@ -141,9 +142,24 @@ def _decode(paths, num_workers, on_result):
                 if not pending:
                     return
                 done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                broken = []
                 for future in done:
-                    for index, report in zip(pending.pop(future), future.result()):
+                    task = pending.pop(future)
+                    try:
+                        reports = future.result()
+                    except concurrent.futures.process.BrokenProcessPool:
+                        broken.extend(task)
+                        continue
+                    for index, report in zip(task, reports):
                         on_result(index, report)
+                if broken:
+                    unfinished = sorted(broken + [i for t in pending.values() for i in t])
+                    raise ValueError(
+                        f"audio check: a decoding process died (a file crashed the decoder, or "
+                        f"memory ran out) on one of {len(unfinished)} files, the first "
+                        f"{paths[unfinished[0]]}; the files checked so far are cached; rerun "
+                        "with one worker (prep_workers=1 / --workers 1) to find it"
+                    )
         except BaseException:
             for future in pending:
                 future.cancel()

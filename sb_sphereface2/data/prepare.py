@@ -44,11 +44,10 @@ import json
 import logging
 import os
 
-import numpy as np
-
 from sb_sphereface2.data.audio_check import BAD_AUDIO_NAME, CACHE_FOLDER, screen_audio
 from sb_sphereface2.data.audio_files import find_audio_files, fingerprint
-from sb_sphereface2.data.heldout import make_trials, split_speakers, validation_is_meaningful
+from sb_sphereface2.data.heldout import make_trials, split_speakers
+from sb_sphereface2.data.prep_summary import build_summary, log_summary
 from sb_sphereface2.data.segments import make_items
 from sb_sphereface2.data.trials import read_trials, speaker_of, utterance_id, write_trials
 from sb_sphereface2.files import (
@@ -61,7 +60,6 @@ from sb_sphereface2.files import (
     temporary_path,
     write_json_atomic,
     write_manifest,
-    write_text_atomic,
 )
 
 logger = logging.getLogger(__name__)
@@ -128,46 +126,6 @@ def _write_items(path, items):
             writer.writerow(
                 [item.id, f"{item.duration:.4f}", item.path, item.start, item.stop, item.speaker]
             )
-
-
-def _summary_of(items, trials=None):
-    out = {
-        "speakers": len({i.speaker for i in items}),
-        "items": len(items),
-        "hours": round(sum(i.duration for i in items) / 3600, 3),
-    }
-    if trials is not None:
-        out.update(trials=len(trials), targets=int(trials.labels.sum()))
-    return out
-
-
-def _log_summary(summary, save_folder):
-    segs = summary["segments"]
-    if segs["recordings_cut"]:
-        logger.info(
-            "Segments: %d recordings cut into %d segments of %.1f-%.1f s (mean %.1f s); %d files used whole",
-            segs["recordings_cut"], segs["segments"], segs["min_seconds"], segs["max_seconds"],
-            segs["mean_seconds"], segs["whole_files"],
-        )
-    parts = [f"training {summary['train']['speakers']} speakers, {summary['train']['items']} items "
-             f"({summary['train']['hours']:.2f} h)"]
-    for key, label in (("dev", "validation"), ("heldout", "held-out test")):
-        part = summary.get(key)
-        if part:
-            parts.append(
-                f"{label} {part['speakers']} speakers, {part['items']} items, "
-                f"{part['trials']} trials ({part['targets']} targets)"
-            )
-    lists = summary["trial_lists"]
-    parts.append(f"trial lists {lists['count']} ({lists['utterances']} utterances)" if lists["count"] else "no trial lists")
-    logger.info("Split in %s: %s", save_folder, "; ".join(parts))
-    dev = summary.get("dev")
-    if dev and not dev["meaningful"]:
-        logger.warning(
-            "Validation set of %d speakers and %d trials is too small for a meaningful EER "
-            "(needs 20 speakers or 1,000 trials): hold out more speakers, or turn validation off",
-            dev["speakers"], dev["trials"],
-        )
 
 
 def prepare_voxceleb(
@@ -241,7 +199,7 @@ def prepare_voxceleb(
 
     Example
     -------
-    >>> import logging, tempfile, soundfile
+    >>> import logging, tempfile, numpy as np, soundfile
     >>> logging.disable(logging.WARNING)
     >>> root, save = tempfile.mkdtemp(), tempfile.mkdtemp()
     >>> for spk in "abcdef":  # one 10 s recording per speaker
@@ -264,6 +222,8 @@ def prepare_voxceleb(
     for name, count in (("dev_speakers", dev_speakers), ("test_speakers", test_speakers)):
         if count < 0 or count == 1:
             raise ValueError(f"{name} must be 0 or at least 2, got {count}")
+    if heldout_utterances_per_speaker < 2:
+        raise ValueError(f"heldout_utterances_per_speaker must be at least 2, got {heldout_utterances_per_speaker}")
 
     # 1. Inputs: files on disk and trial lists (cheap), fingerprinted for the manifest.
     files = []
@@ -324,7 +284,7 @@ def prepare_voxceleb(
         if result["summary"]["bad_files"]:
             result["bad_audio"] = os.path.join(save_folder, BAD_AUDIO_NAME)
         logger.info("Data preparation in %s is up to date, skipping", save_folder)
-        _log_summary(result["summary"], save_folder)
+        log_summary(result["summary"], save_folder)
         return result
 
     # 2. Validate everything before writing any CSV: trial lists, then the audio.
@@ -332,9 +292,12 @@ def prepare_voxceleb(
         _check_trial_ids(path, parsed, files_by_id, folders)
     _ensure_writable(save_folder)
     test_utts = {u for _, parsed in trials.values() for u in parsed.utterances()}
-    files, reports, dropped = screen_audio(
-        files, save_folder, sample_rate, min_seconds, drop_bad_audio, num_workers, protected=test_utts
-    )
+    try:
+        files, reports, dropped = screen_audio(
+            files, save_folder, sample_rate, min_seconds, drop_bad_audio, num_workers, protected=test_utts
+        )
+    except OSError as error:  # the cache or bad_audio.txt (reading audio never raises)
+        raise ValueError(f"cannot write in the data-prep folder {save_folder}: {_one_line(error)}") from None
     del files_by_id
 
     # 3. Items (whole files or segments) and the split.
@@ -347,26 +310,9 @@ def prepare_voxceleb(
     )
     dev_list = make_trials(dev, dev_trials, seed, "dev_trials") if dev_speakers else None
     heldout_list = make_trials(heldout, test_trials, seed + 1, HELDOUT_LIST) if test_speakers else None
-    segment_lengths = np.array([i.duration for i in items if i.id != i.recording])
-    summary = {
-        "files": num_files,
-        "bad_files": len(dropped),
-        "segments": {
-            "recordings_cut": cut,
-            "segments": len(segment_lengths),
-            "whole_files": len(items) - len(segment_lengths),
-            "min_seconds": round(float(segment_lengths.min()), 3) if cut else 0.0,
-            "max_seconds": round(float(segment_lengths.max()), 3) if cut else 0.0,
-            "mean_seconds": round(float(segment_lengths.mean()), 3) if cut else 0.0,
-        },
-        "train": _summary_of(train),
-        "trial_lists": {"count": len(trials), "utterances": len(listed)},
-    }
-    if dev_list is not None:
-        summary["dev"] = _summary_of(dev, dev_list)
-        summary["dev"]["meaningful"] = validation_is_meaningful(summary["dev"]["speakers"], len(dev_list))
-    if heldout_list is not None:
-        summary["heldout"] = _summary_of(heldout, heldout_list)
+    summary = build_summary(
+        num_files, len(dropped), items, cut, train, (dev, dev_list), (heldout, heldout_list), len(trials), listed
+    )
     del items
 
     # 4. Write: temporary files first, then the swaps, then the manifest.
@@ -396,7 +342,7 @@ def prepare_voxceleb(
     result["summary"] = summary
     if dropped:
         result["bad_audio"] = os.path.join(save_folder, BAD_AUDIO_NAME)
-    _log_summary(summary, save_folder)
+    log_summary(summary, save_folder)
     return result
 
 
