@@ -19,7 +19,7 @@ import ruamel.yaml.tag
 import torch
 from hyperpyyaml import resolve_references
 
-from sb_sphereface2.hparams import _merge_overrides, compose_hparams_yaml
+from sb_sphereface2.hparams import compose_hparams_yaml, parse_overrides
 
 CHECKPOINT_FILES = {
     "embedding_model": "embedding_model.ckpt",
@@ -62,8 +62,8 @@ def inference_hparams_yaml(stage_file, overrides=None, **extra):
     >>> "embedding_model: !new:sb_sphereface2.models.resnet.ResNet" in text
     True
     """
-    composed = compose_hparams_yaml(stage_file, overrides)
-    resolved = resolve_references(io.StringIO(composed), _merge_overrides(overrides, extra))
+    composed = compose_hparams_yaml(stage_file, {**parse_overrides(overrides), **extra})
+    resolved = resolve_references(io.StringIO(composed))
     yaml = ruamel.yaml.YAML()
     tree = yaml.load(resolved)
     out = {
