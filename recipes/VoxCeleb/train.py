@@ -50,7 +50,10 @@ logger = logging.getLogger(__name__)
 
 
 def prepare_data(settings):
-    """Data preparation (main process only): CSVs, trial lists, augmentation CSVs."""
+    """Data preparation (main process only): audio check, segments, CSVs, trial lists,
+    augmentation CSVs. Optional settings (defaults in brackets): test_speakers [0],
+    test_trials [2000], segmentation [auto], segment_seconds [3.0], min_audio_seconds
+    [0.5], drop_bad_audio [False], prep_workers [CPUs, at most 16]."""
     folder = settings["data_prep_folder"]
     result = prepare_voxceleb(
         settings["data_folder"],
@@ -58,8 +61,14 @@ def prepare_data(settings):
         trial_lists=settings["trial_lists"] or (),
         dev_speakers=settings["dev_speakers"],
         dev_trials=settings["dev_trials"],
-        speed_perturb=settings["speed_perturb"],
+        test_speakers=settings.get("test_speakers", 0),
+        test_trials=settings.get("test_trials", 2000),
+        segmentation=settings.get("segmentation", "auto"),
+        segment_seconds=settings.get("segment_seconds", 3.0),
         sample_rate=settings["sample_rate"],
+        min_seconds=settings.get("min_audio_seconds", 0.5),
+        drop_bad_audio=settings.get("drop_bad_audio", False),
+        num_workers=settings.get("prep_workers"),
         seed=settings["seed"],
     )
     if settings["augment"]:
