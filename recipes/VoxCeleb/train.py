@@ -51,9 +51,7 @@ logger = logging.getLogger(__name__)
 
 def prepare_data(settings):
     """Data preparation (main process only): audio check, segments, CSVs, trial lists,
-    augmentation CSVs. Optional settings (defaults in brackets): test_speakers [0],
-    test_trials [2000], segmentation [auto], segment_seconds [3.0], min_audio_seconds
-    [0.5], drop_bad_audio [False], prep_workers [CPUs, at most 16]."""
+    augmentation CSVs."""
     folder = settings["data_prep_folder"]
     result = prepare_voxceleb(
         settings["data_folder"],
@@ -61,14 +59,14 @@ def prepare_data(settings):
         trial_lists=settings["trial_lists"] or (),
         dev_speakers=settings["dev_speakers"],
         dev_trials=settings["dev_trials"],
-        test_speakers=settings.get("test_speakers", 0),
-        test_trials=settings.get("test_trials", 2000),
-        segmentation=settings.get("segmentation", "auto"),
-        segment_seconds=settings.get("segment_seconds", 3.0),
+        test_speakers=settings["test_speakers"],
+        test_trials=settings["test_trials"],
+        segmentation=settings["segmentation"],
+        segment_seconds=settings["segment_seconds"],
         sample_rate=settings["sample_rate"],
-        min_seconds=settings.get("min_audio_seconds", 0.5),
-        drop_bad_audio=settings.get("drop_bad_audio", False),
-        num_workers=settings.get("prep_workers"),
+        min_seconds=settings["min_audio_seconds"],
+        drop_bad_audio=settings["drop_bad_audio"],
+        num_workers=settings["prep_workers"],
         seed=settings["seed"],
     )
     if settings["augment"]:
@@ -249,13 +247,14 @@ def main(argv):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    if isinstance(train_set, torch.utils.data.DataLoader):  # shards: Brain makes no loader of its own
-        brain.iterations_per_epoch = len(train_set)
-    if prepared.get("dev_csv"):
+    meaningful = prepared.get("summary", {}).get("dev", {}).get("meaningful", True)
+    if prepared.get("dev_csv") and meaningful:
         valid_set = utterance_dataset(prepared["dev_csv"], hparams["sample_rate"])
         brain.dev_trials = read_trials(prepared["dev_trials"])
     else:
-        logger.info("validation is off: no held-out speakers (dev_speakers=%s)", settings["dev_speakers"])
+        logger.info("validation is off: %s", "too few held-out speakers and trials for a meaningful EER "
+                    "(at least 20 speakers or 1,000 trials)" if prepared.get("dev_csv") else
+                    f"no held-out speakers (dev_speakers={settings['dev_speakers']})")
         valid_set = []  # the (empty) validation stage still saves the epoch checkpoint
     brain.fit(
         hparams["epoch_counter"],

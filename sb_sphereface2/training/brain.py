@@ -12,12 +12,12 @@ mean cosine with the own class and with the other classes.
 """
 
 import logging
-import time
 
 import numpy as np
 import speechbrain as sb
 import torch
 
+from sb_sphereface2.data.throughput import ThroughputMeter, show_on_progress_bar
 from sb_sphereface2.scoring.metrics import compute_eer, compute_min_dcf
 from sb_sphereface2.scoring.trial_scores import score_trials
 
@@ -75,6 +75,13 @@ class SpeakerBrain(sb.core.Brain):
 
     dev_trials = None
     iterations_per_epoch = None
+    progress_every = 20  # batches between throughput updates of the progress bar
+
+    def fit(self, epoch_counter, train_set, valid_set=None, *args, **kwargs):
+        # A prebuilt loader (the shard path) does not go through make_dataloader.
+        if isinstance(train_set, torch.utils.data.DataLoader):
+            self.iterations_per_epoch = len(train_set)
+        return super().fit(epoch_counter, train_set, valid_set, *args, **kwargs)
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
         loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
@@ -129,6 +136,7 @@ class SpeakerBrain(sb.core.Brain):
     # --- schedules -------------------------------------------------------------------
 
     def on_fit_batch_start(self, batch, should_step):
+        self.throughput.batch_start(batch)
         iteration = self.optimizer_step  # optimizer steps done so far: this iteration's index
         self.hparams.margin_scheduler.step(self.hparams.compute_cost, iteration, self.iterations_per_epoch)
         scheduler = self.hparams.lr_scheduler
@@ -139,6 +147,9 @@ class SpeakerBrain(sb.core.Brain):
         scheduler = self.hparams.lr_scheduler
         if should_step and hasattr(scheduler, "on_batch_end"):
             scheduler.on_batch_end(self.optimizer)
+        self.throughput.batch_end(self.device)
+        if self.step % self.progress_every == 0:
+            show_on_progress_bar(self.throughput.text())
 
     # --- forward and objectives ------------------------------------------------------
 
@@ -184,14 +195,14 @@ class SpeakerBrain(sb.core.Brain):
     def on_stage_start(self, stage, epoch=None):
         if stage == sb.Stage.TRAIN:
             self.train_totals = torch.zeros(4, dtype=torch.float64)
-            self.stage_started = time.time()
+            self.throughput = ThroughputMeter()
         else:
             self.valid_ids, self.valid_embeddings = [], []
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
             errors, own, others, count = self._reduced(self.train_totals).tolist()
-            seconds = time.time() - self.stage_started
+            speed = self.throughput.summary()
             self.train_stats = {
                 "loss": stage_loss,
                 "error": errors / max(1.0, count),
@@ -203,9 +214,14 @@ class SpeakerBrain(sb.core.Brain):
                 "iterations": self.optimizer_step,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "margin": float(self.hparams.compute_cost.margin),
-                "seconds": round(seconds, 1),
-                "utt_per_s": round(count / max(seconds, 1e-9), 1),
+                # this process's rates: where the epoch's time went (loader or step)
+                "epoch_s": round(speed["epoch_s"], 1),
+                "utt_per_s": round(speed["utt_per_s"], 1),
+                "step_utt_per_s": round(speed["step_utt_per_s"], 1),
+                "wait_share": round(speed["wait_share"], 3),
             }
+            if "loader_utt_per_s_per_core" in speed:
+                self.epoch_meta["loader_utt_per_s_per_core"] = round(speed["loader_utt_per_s_per_core"], 1)
             return
         valid = self.validation_metrics()
         self.checkpointer.save_and_keep_only(
