@@ -35,7 +35,7 @@ from sb_sphereface2.pretrained.folder import (
 )
 from sb_sphereface2.pretrained.initialise import initialise_encoder_from, initialise_from_model_folder
 from sb_sphereface2.scoring.embeddings_io import save_embeddings
-from sb_sphereface2.hparams import compose_hparams_yaml, load_recipe_hparams, peek_hparams
+from sb_sphereface2.hparams import load_recipe_hparams, peek_hparams
 from sb_sphereface2.scoring.trial_scores import evaluate, score_trials, write_results
 from sb_sphereface2.losses.margins import closed_form_bias
 from sb_sphereface2.data.trials import TrialList, read_trials

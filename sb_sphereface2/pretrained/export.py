@@ -40,7 +40,6 @@ import torch
 from sb_sphereface2.pretrained.card import model_card, results_table, training_config
 from sb_sphereface2.pretrained.folder import (
     HPARAMS_FILE,
-    MEAN_FILE,
     TRAINING_HPARAMS_FILE,
     check_model_folder,
     load_model_folder,
