@@ -1,38 +1,60 @@
 """Compose a recipe's hyperparameters from a stage file, a model block and a loss block.
 
-A stage file (``hparams/train.yaml``, ``hparams/finetune.yaml``) names its blocks with two
+A stage file (``hparams/train.yaml``, ``hparams/finetune.yaml``) names its blocks with
 top-level keys::
 
     model: resnet34          # hparams/models/resnet34.yaml
     loss: sphereface2_c      # hparams/losses/sphereface2_c.yaml
 
-Each block lives once and is written as ordinary hyperpyyaml that may ``!ref`` anything in
-the stage file (``<n_mels>``, ``<num_classes>``...) and vice versa: the three texts become one
-document before hyperpyyaml loads it. Keys of the stage file override a block's keys of the
-same name (fine-tuning changes the schedule of the model block this way). So one command-line
-override switches a block (``--model=ecapa_tdnn``, ``--loss=aam``) and a new model x loss
-combination needs no new file. A value ending in ``.yaml`` is taken as a path instead.
+and a model block names its features block (``features: kaldi_fbank`` ->
+``hparams/features/kaldi_fbank.yaml``), which ``--features=fbank`` switches.
 
-A stage file may also start from another one with ``base: train.yaml`` (a path relative to
-it): the base is composed first (its blocks chosen by the stage's own model/loss keys, if
-any) and the stage's own keys override it (fine-tuning is
-training with a few keys changed).
+Each block lives once and is ordinary hyperpyyaml that may ``!ref`` anything in the stage
+file (``<n_mels>``, ``<num_classes>``...) and vice versa: the texts become one document.
+Keys of the stage file override a block's keys of the same name (fine-tuning changes the
+schedule of the model block this way), so one command-line override switches a block
+(``--model=ecapa_tdnn``, ``--loss=aam``) and a new model x loss combination needs no new
+file. A value ending in ``.yaml`` is taken as a path instead. A stage file may start from
+another one with ``base: train.yaml`` (a path relative to it): the base is composed first
+and the stage's own keys override it.
+
+The composed document has the command-line overrides written into it, so it is
+self-contained: plain ``hyperpyyaml.load_hyperpyyaml`` loads it with no overrides, and
+every run folder keeps it as ``hyperparams.yaml``. Print it without running anything::
+
+    python -m sb_sphereface2.hparams hparams/train.yaml --loss=aam --batch_size=128
+
+An override naming a key that the composed document does not have is an error that
+names the nearest known keys.
 """
 
+import difflib
 import io
 import os
+import sys
 
 import ruamel.yaml
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 
-BLOCK_KEYS = {"model": "models", "loss": "losses"}
+BLOCK_KEYS = {"model": "models", "loss": "losses", "features": "features"}
+
+
+class UnknownKeyError(ValueError):
+    """An override names a key that the hyperparameters do not have."""
 
 
 def _yaml():
     return ruamel.yaml.YAML()
 
 
-def _as_mapping(overrides):
+def parse_overrides(overrides):
+    """Overrides as a dict, from SpeechBrain's command-line yaml string or a mapping.
+
+    Example
+    -------
+    >>> parse_overrides("lr: 0.5\\nmodel: ecapa_tdnn\\n")
+    {'lr': 0.5, 'model': 'ecapa_tdnn'}
+    """
     if overrides is None or overrides == "":
         return {}
     if isinstance(overrides, str):
@@ -53,37 +75,65 @@ def _block_path(stage_file, kind, name):
     raise ValueError(f"unknown {kind} {name!r}: no {candidates[-1]} (known: {', '.join(known)})")
 
 
-def compose_hparams_yaml(stage_file, overrides=None):
-    """One hyperpyyaml text from a stage file, its base and the blocks it names.
+def _compose_tree(stage_file, overrides):
+    """The merged mapping of a stage file, its base and its blocks (overrides not applied)."""
+    if not os.path.isfile(stage_file):
+        raise FileNotFoundError(f"hparams file not found: {stage_file}")
+    with open(stage_file, encoding="utf-8") as handle:
+        try:
+            stage = _yaml().load(handle)
+        except ruamel.yaml.YAMLError as error:
+            raise ValueError(f"{stage_file} is not valid yaml: {' '.join(str(error).split())}") from None
+    if not isinstance(stage, dict):
+        raise ValueError(f"{stage_file}: expected a mapping of hyperparameters")
+    if "base" in stage:
+        # A stage's own model/loss keys pick the base's blocks (command-line overrides win).
+        base_overrides = {kind: stage[kind] for kind in BLOCK_KEYS if kind in stage}
+        base_overrides.update({k: v for k, v in overrides.items() if k in BLOCK_KEYS})
+        merged = _compose_tree(os.path.join(os.path.dirname(stage_file), stage.pop("base")), base_overrides)
+        for key, value in stage.items():
+            merged[key] = value
+        return merged
+    merged, own_keys = stage, set(stage)
+    seen = {}
+    for kind in BLOCK_KEYS:  # in order: a model block may name its features block
+        if kind not in merged and kind not in overrides:
+            continue
+        name = overrides.get(kind, merged.get(kind))
+        path = _block_path(stage_file, kind, name)
+        with open(path, encoding="utf-8") as handle:
+            block = _yaml().load(handle) or {}
+        for key, value in block.items():
+            if key in own_keys:
+                continue  # the stage file overrides the block
+            if key in seen:
+                raise ValueError(f"{path} and {seen[key]} both define {key!r}")
+            seen[key] = path
+            merged[key] = value
+    return merged
 
-    Arguments
-    ---------
-    stage_file : str
-        Path of the stage file.
-    overrides : str or dict, optional
-        Command-line overrides (SpeechBrain's yaml string or a dict); only ``model`` and
-        ``loss`` are read here, to pick the blocks.
 
-    Returns
-    -------
-    str
-        The composed document (not yet loaded).
+def _apply_overrides(tree, overrides, where=""):
+    """Write ``overrides`` into ``tree``: mappings merge key by key, anything else replaces."""
+    for key, value in overrides.items():
+        if key not in tree:
+            known = [str(k) for k in tree]
+            near = difflib.get_close_matches(str(key), known, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise UnknownKeyError(f"unknown hyperparameter '{where}{key}'{hint}")
+        if isinstance(value, dict) and isinstance(tree[key], dict) and _tag(tree[key]) is None:
+            _apply_overrides(tree[key], value, where=f"{where}{key}.")
+        else:
+            tree[key] = value
 
-    Example
-    -------
-    >>> text = compose_hparams_yaml("hparams/train.yaml", {"loss": "aam"})
-    >>> "AAMLoss" in text and "SphereFace2Loss" not in text
-    True
-    """
-    merged = _compose(stage_file, _as_mapping(overrides))
-    _flatten_aliases(merged)
-    out = io.StringIO()
-    _yaml().dump(merged, out)
-    return out.getvalue()
+
+def _tag(value):
+    return getattr(getattr(value, "tag", None), "value", None)
 
 
 def _flatten_aliases(tree):
-    """Replace top-level ``key: !ref <other>`` by ``other``'s plain value.
+    """Replace top-level ``key: !ref <other>`` by ``other``'s value when ``other`` is a plain
+    value or itself an alias.
 
     hyperpyyaml resolves references in document order and does not follow a reference
     to a later key that is itself a reference; composition moves keys around (a stage
@@ -93,53 +143,45 @@ def _flatten_aliases(tree):
     for _ in range(len(tree)):
         changed = False
         for key, value in tree.items():
-            tag = getattr(getattr(value, "tag", None), "value", None)
             target = str(getattr(value, "value", ""))
-            if tag == "!ref" and target.startswith("<") and target.endswith(">"):
+            if _tag(value) == "!ref" and target.startswith("<") and target.endswith(">"):
                 name = target[1:-1]
-                if name in tree and getattr(getattr(tree[name], "tag", None), "value", None) in (None, "!ref"):
+                if name in tree and _tag(tree[name]) in (None, "!ref"):
                     tree[key] = tree[name]
                     changed = True
         if not changed:
             return
 
 
-def _compose(stage_file, overrides):
-    if not os.path.isfile(stage_file):
-        raise FileNotFoundError(f"hparams file not found: {stage_file}")
-    with open(stage_file, encoding="utf-8") as handle:
-        stage = _yaml().load(handle)
-    if "base" in stage:
-        # A stage's own model/loss keys pick the base's blocks (command-line overrides win).
-        base_overrides = {kind: stage[kind] for kind in BLOCK_KEYS if kind in stage}
-        base_overrides.update(overrides)
-        merged = _compose(os.path.join(os.path.dirname(stage_file), stage.pop("base")), base_overrides)
-        for key, value in stage.items():
-            merged[key] = value
-        return merged
-    merged = stage
-    seen = {}
-    for kind in BLOCK_KEYS:
-        if kind not in stage:
-            continue
-        name = overrides.get(kind, stage[kind])
-        path = _block_path(stage_file, kind, name)
-        with open(path, encoding="utf-8") as handle:
-            block = _yaml().load(handle) or {}
-        for key, value in block.items():
-            if key in stage:
-                continue  # the stage file overrides the block
-            if key in seen:
-                raise ValueError(f"{path} and {seen[key]} both define {key!r}")
-            seen[key] = path
-            merged[key] = value
-    return merged
+def compose_hparams_yaml(stage_file, overrides=None):
+    """One self-contained hyperpyyaml text: a stage file, its base and blocks, overrides applied.
 
+    Arguments
+    ---------
+    stage_file : str
+        Path of the stage file.
+    overrides : str or dict, optional
+        Overrides (SpeechBrain's command-line yaml string, or a dict). ``model`` and
+        ``loss`` pick the blocks; every other key must exist in the composed document.
 
-def _merge_overrides(overrides, extra):
-    merged = _as_mapping(overrides)
-    merged.update(extra or {})
-    return merged
+    Returns
+    -------
+    str
+        The composed document; ``load_hyperpyyaml`` loads it with no overrides.
+
+    Example
+    -------
+    >>> text = compose_hparams_yaml("hparams/train.yaml", {"loss": "aam", "batch_size": 128})
+    >>> "AAMLoss" in text and "SphereFace2Loss" not in text and "batch_size: 128" in text
+    True
+    """
+    overrides = parse_overrides(overrides)
+    tree = _compose_tree(stage_file, overrides)
+    _apply_overrides(tree, overrides)
+    _flatten_aliases(tree)
+    out = io.StringIO()
+    _yaml().dump(tree, out)
+    return out.getvalue()
 
 
 def load_recipe_hparams(stage_file, overrides=None, **extra):
@@ -167,35 +209,28 @@ def load_recipe_hparams(stage_file, overrides=None, **extra):
     >>> type(hp["embedding_model"]).__name__, type(hp["compute_cost"]).__name__
     ('ECAPA_TDNN', 'SphereFace2Loss')
     """
-    text = compose_hparams_yaml(stage_file, overrides)
-    return load_hyperpyyaml(text, _merge_overrides(overrides, extra))
+    text = compose_hparams_yaml(stage_file, {**parse_overrides(overrides), **extra})
+    return load_hyperpyyaml(text)
 
 
 def peek_hparams(stage_file, overrides=None, **extra):
     """The composed hyperparameters with references resolved but nothing instantiated
-    (plain values only: paths, numbers, lists). For data preparation, before the number
-    of classes is known.
+    (plain values only: paths, numbers, lists). For checks and data preparation, before
+    anything is built.
 
     Example
     -------
     >>> peek_hparams("hparams/train.yaml", {"data_folder": "/data/vox"})["data_folder"]
     '/data/vox'
     """
-    extra.setdefault("num_classes", 2)
-    text = compose_hparams_yaml(stage_file, overrides)
-    resolved = resolve_references(io.StringIO(text), _merge_overrides(overrides, extra))
-    tree = _yaml().load(resolved)
-    plain = {}
-    for key, value in tree.items():
-        if getattr(value, "tag", None) is not None and getattr(value.tag, "value", None):
-            continue  # an object to build: not needed here
-        plain[key] = _to_plain(value)
-    return plain
+    text = compose_hparams_yaml(stage_file, {**parse_overrides(overrides), **extra})
+    tree = _yaml().load(resolve_references(io.StringIO(text)))
+    return {key: _to_plain(value) for key, value in tree.items() if not _tag(value)}
 
 
 def _to_plain(value):
     if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in value.items()}
+        return {k: _to_plain(v) for k, v in value.items() if not _tag(v)}
     if isinstance(value, list):
         return [_to_plain(v) for v in value]
     if isinstance(value, bool) or value is None:
@@ -204,3 +239,26 @@ def _to_plain(value):
         if isinstance(value, kind):
             return kind(value)
     return value
+
+
+def main(argv=None):
+    """``python -m sb_sphereface2.hparams STAGE.yaml [--key=value ...]``: print the composed
+    hyperparameters (what a run with these arguments would use) to stdout."""
+    import speechbrain as sb
+
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m sb_sphereface2.hparams STAGE.yaml [--key=value ...]\n"
+              "Print the stage file composed with its model and loss blocks and the overrides.")
+        return 0 if argv else 2
+    try:
+        stage_file, _, overrides = sb.parse_arguments(argv)
+        sys.stdout.write(compose_hparams_yaml(stage_file, overrides))
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

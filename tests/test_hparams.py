@@ -62,25 +62,28 @@ def test_model_blocks_at_full_size(model, params, tmp_path):
 def test_paper_defaults(tmp_path):
     hp = load_recipe_hparams(str(HPARAMS / "train.yaml"), {"data_folder": "/x", "output_folder": str(tmp_path)},
                              num_classes=17982)
-    assert hp["model"] == "resnet34" and hp["loss"] == "sphereface2_c"
+    assert hp["model"] == "resnet34" and hp["loss"] == "sphereface2_c" and hp["features"] == "kaldi_fbank"
     assert sum(p.numel() for p in hp["embedding_model"].parameters()) == 6634336
     assert (hp["number_of_epochs"], hp["batch_size"], hp["crop_seconds"], hp["n_mels"]) == (150, 256, 2.0, 80)
+    assert type(hp["compute_features"]).__name__ == "KaldiFbank" and hp["compute_features"].window_type == "hamming"
     loss = hp["compute_cost"]
-    assert (loss.scale, loss.margin, loss.lambda_, loss.t, loss.margin_type) == (32.0, 0.2, 0.7, 3.0, "C")
-    assert loss.bias.item() == pytest.approx(8.65, abs=0.01)
+    # The loss is built at the margin in force at the start (0): its closed-form bias is
+    # computed there (15.05 for 17,982 classes), the scheduler ramps the margin to 0.2.
+    assert (loss.scale, loss.margin, loss.lambda_, loss.t, loss.margin_type) == (32.0, 0.0, 0.7, 3.0, "C")
+    assert loss.bias.item() == pytest.approx(15.05, abs=0.01)
     ramp = hp["margin_scheduler"]
-    assert (ramp(20.0), ramp(40.0)) == (0.0, 0.2)
+    assert (ramp.final_margin, ramp.start_epoch, ramp.fix_epoch, ramp.ramp) == (0.2, 20, 40, "exp")
     lr = hp["lr_scheduler"]
-    assert lr(6.0) == pytest.approx(0.1) and lr(150.0) == pytest.approx(5e-5)
-    assert hp["speed_perturb"] is True
+    assert (lr.initial_lr, lr.final_lr, lr.warmup_epochs, lr.scale_ratio, lr.warm_from_zero) == (0.1, 5e-5, 6, 4.0, False)
+    assert hp["speed_perturb"] is True and hp["augment_prob"] == 0.6 and hp["average_last"] == 10
 
     lmf = load_recipe_hparams(str(HPARAMS / "finetune.yaml"),
                               {"data_folder": "/x", "pretrained_model": "/m", "loss": "sphereface2_a",
                                "output_folder": str(tmp_path)},
                               num_classes=17982)
-    assert lmf["compute_cost"].margin == 0.25 and lmf["margin_scheduler"](0.0) == 0.25
-    assert (lmf["crop_seconds"], lmf["number_of_epochs"], lmf["speed_perturb"]) == (6.0, 5, False)
-    assert lmf["lr_scheduler"](0.0) == pytest.approx(1e-4) and lmf["lr_scheduler"](5.0) == pytest.approx(2.5e-5)
+    assert lmf["compute_cost"].margin == 0.25 and lmf["margin_scheduler"](0, 10) == 0.25
+    assert (lmf["crop_seconds"], lmf["number_of_epochs"], lmf["speed_perturb"], lmf["batch_size"]) == (6.0, 5, False, 128)
+    assert lmf["lr_scheduler"](10, 10) == pytest.approx(2 * 1e-4 * 0.25 ** 0.2)
 
 
 def test_one_override_switches_a_block():
@@ -94,10 +97,39 @@ def test_unknown_block_is_a_clear_error():
         compose_hparams_yaml(str(HPARAMS / "train.yaml"), {"loss": "arcface"})
 
 
-def test_verification_yaml_loads(tmp_path):
-    with open(HPARAMS / "verification.yaml") as handle:
-        hp = load_hyperpyyaml(handle, {"model_folder": str(tmp_path / "m"), "data_prep_folder": str(tmp_path)})
-    assert hp["top_n"] == 300
+REQUIRED = {"data_folder": "/data", "pretrained_model": "/m", "model_folder": "/m", "data_prep_folder": "/d"}
+
+
+@pytest.mark.parametrize("stage", sorted(p.name for p in HPARAMS.glob("*.yaml")))
+def test_composed_stage_loads_with_plain_hyperpyyaml(stage, tmp_path):
+    """`python -m sb_sphereface2.hparams <stage>` prints a self-contained yaml: plain
+    hyperpyyaml loads it with no overrides at all (required paths default to null)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "sb_sphereface2.hparams", str(HPARAMS / stage),
+                             f"--output_folder={tmp_path / 'out'}"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    hp = load_hyperpyyaml(result.stdout)
+    if stage != "verification.yaml":
+        assert isinstance(hp["classifier"], torch.nn.Module) and hp["output_folder"] == str(tmp_path / "out")
+        assert hp["num_classes"] == 17982 and hp["data_folder"] is None
+    else:
+        assert hp["model_folder"] is None and hp["top_n"] == 300
+
+
+def test_composition_writes_overrides_in_and_names_unknown_keys():
+    text = compose_hparams_yaml(str(HPARAMS / "train.yaml"), {"batch_size": 64, "dataloader_options": {"num_workers": 1}})
+    hp = load_hyperpyyaml(text, {"output_folder": "/tmp/unused", "data_folder": "/x"})
+    assert hp["batch_size"] == 64 and hp["dataloader_options"] == {"batch_size": 64, "shuffle": True,
+                                                                   "drop_last": True, "num_workers": 1}
+    from sb_sphereface2.hparams import UnknownKeyError
+
+    with pytest.raises(UnknownKeyError, match="unknown hyperparameter 'lmf_margn'; did you mean lmf_margin"):
+        compose_hparams_yaml(str(HPARAMS / "train.yaml"), {"lmf_margn": 0.3})
+    with pytest.raises(UnknownKeyError, match="unknown hyperparameter 'dataloader_options.workers'"):
+        compose_hparams_yaml(str(HPARAMS / "train.yaml"), {"dataloader_options": {"workers": 1}})
 
 
 @pytest.mark.parametrize("stage", sorted(p.name for p in HPARAMS.glob("*.yaml") if p.name != "verification.yaml"))
@@ -106,12 +138,21 @@ def test_every_stage_file_loads(stage, tmp_path):
     from sb_sphereface2.hparams import peek_hparams
 
     overrides = {"data_folder": str(tmp_path), "output_folder": str(tmp_path / "out")}
-    if "pretrained_model: !PLACEHOLDER" in compose_hparams_yaml(str(HPARAMS / stage), overrides):
+    if "pretrained_model" in peek_hparams(str(HPARAMS / stage), overrides):
         overrides["pretrained_model"] = str(tmp_path / "m")
     model = peek_hparams(str(HPARAMS / stage), overrides)["model"]
     hp = load_recipe_hparams(str(HPARAMS / stage), {**overrides, **SMALL[model]}, num_classes=9)
     emb = hp["embedding_model"].eval()(torch.randn(2, 120, hp["n_mels"]), torch.ones(2))
     assert hp["classifier"](emb).shape == (2, 1, 9)
+
+
+def test_features_block_follows_the_model_and_one_line_switches_it(tmp_path):
+    base = {"data_folder": "/x", "output_folder": str(tmp_path)}
+    names = {m: type(load_recipe_hparams(str(HPARAMS / "train.yaml"), {**base, "model": m, **SMALL[m]},
+                                         num_classes=3)["compute_features"]).__name__ for m in MODELS}
+    assert names == {"ecapa_tdnn": "Fbank", "resnet34": "KaldiFbank", "speechbrain_resnet": "Fbank"}
+    switched = load_recipe_hparams(str(HPARAMS / "train.yaml"), {**base, "features": "fbank"}, num_classes=3)
+    assert type(switched["compute_features"]).__name__ == "Fbank"
 
 
 def test_sharded_stage_exports_the_plain_head():

@@ -177,3 +177,37 @@ def test_full_split_is_allowed(train_csv, tmp_path):
     path, before = train_csv
     report = inject_class_noise(str(path), str(tmp_path / "all.csv"), 1.0, mode="split", split_into=3)
     assert report["num_corrupted"] == 20 and report["num_speakers_after"] == 60
+
+
+def test_exact_changes_for_a_fixed_seed(tmp_path):
+    """Known answer for seed 2 on six speakers (sizes 4, 2, 3, 5, 1, 3): the rows that
+    change and their new labels. erin (one utterance) can never be split in two."""
+    sizes = {"alice": 4, "bob": 2, "carol": 3, "dave": 5, "erin": 1, "frank": 3}
+    rows = [(f"{s}_{u}", s) for s, n in sizes.items() for u in range(n)]
+    path = tmp_path / "train.csv"
+    path.write_text("ID,duration,spk_id\n" + "".join(f"{i},1.0,{s}\n" for i, s in rows))
+    expected = {
+        "merge": {  # 3 speakers merged into clean ones
+            **{f"alice_{u}": "frank" for u in range(4)},
+            **{f"bob_{u}": "erin" for u in range(2)},
+            **{f"dave_{u}": "carol" for u in range(5)},
+        },
+        "split": {  # 3 speakers split in two halves (sizes differ by at most one)
+            "alice_0": "alice_split0", "alice_1": "alice_split1", "alice_2": "alice_split0",
+            "alice_3": "alice_split1", "bob_0": "bob_split0", "bob_1": "bob_split1",
+            "carol_0": "carol_split0", "carol_1": "carol_split1", "carol_2": "carol_split0",
+        },
+        "mixed": {  # round(1.5) = 2 merged, 1 split
+            **{f"alice_{u}": "dave" for u in range(4)},
+            "bob_0": "erin", "bob_1": "erin",
+            "frank_0": "frank_split0", "frank_1": "frank_split1", "frank_2": "frank_split0",
+        },
+    }
+    for mode, changes in expected.items():
+        out = tmp_path / f"{mode}.csv"
+        report = inject_class_noise(str(path), str(out), 0.5, mode=mode, seed=2)
+        after = read_rows(out)
+        assert [a["ID"] for a in after] == [i for i, _ in rows]
+        changed = {a["ID"]: a["spk_id"] for a, (_, s) in zip(after, rows) if a["spk_id"] != s}
+        assert changed == changes, mode
+        assert report["num_relabelled"] == len(changes)

@@ -1,56 +1,44 @@
-"""Margin ramp values and save/restore through SpeechBrain's Checkpointer."""
+"""Margin schedule values per iteration (wespeaker's MarginScheduler, epochs from 1)."""
 
 import math
 
 import pytest
-from speechbrain.utils.checkpoints import Checkpointer
 
 from sb_sphereface2 import MarginScheduler, SphereFace2Loss
 
 
-def test_exp_ramp_values():
+def test_exp_ramp_values_at_epoch_boundaries():
     s = MarginScheduler(final_margin=0.2, initial_margin=0.0, start_epoch=20, fix_epoch=40)
-    assert s(0.0) == 0.0
-    assert s(20.0) == 0.0
-    # p = 0.5 of the ramp: 0.2 * (1 - 10^-1.5)
-    assert s(30.0) == pytest.approx(0.2 * (1 - 10 ** -1.5))
-    assert s(25.0) == pytest.approx(0.2 * (1 - 10 ** -0.75))
-    assert s(40.0) == 0.2
-    assert s(150.0) == 0.2
+    e = 100  # iterations per epoch
+    assert s(0, e) == 0.0
+    assert s(19 * e - 1, e) == 0.0            # last iteration of epoch 19
+    assert s(19 * e, e) == 0.0                # first iteration of epoch 20: p = 0
+    assert s(19 * e + 1, e) == pytest.approx(0.2 * (1 - 10 ** (-3 / 2000)), abs=1e-15)
+    assert s(29 * e, e) == pytest.approx(0.2 * (1 - 10 ** -1.5), abs=1e-15)  # p = 0.5
+    assert s(39 * e - 1, e) == pytest.approx(0.2 * (1 - 10 ** (-3 * 1999 / 2000)), abs=1e-15)
+    assert s(39 * e, e) == 0.2                # first iteration of epoch 40
+    assert s(150 * e, e) == 0.2
 
 
-def test_linear_ramp_and_monotone():
+def test_linear_ramp_monotone_and_fractional_epochs():
     s = MarginScheduler(final_margin=0.3, initial_margin=0.1, start_epoch=2, fix_epoch=6, ramp="linear")
-    assert s(4.0) == pytest.approx(0.2)
-    values = [s(e / 10) for e in range(0, 80)]
+    assert s(30, 10) == pytest.approx(0.2)   # half-way: iteration 10 + 20
+    values = [s(i, 10) for i in range(80)]
     assert all(b >= a for a, b in zip(values, values[1:]))
+    half = MarginScheduler(final_margin=0.2, start_epoch=1.5, fix_epoch=2.5, ramp="linear")
+    assert (half(4, 10), half(10, 10), half(15, 10)) == (0.0, pytest.approx(0.1), 0.2)
 
 
-def test_step_is_per_iteration():
-    s = MarginScheduler(final_margin=0.2, start_epoch=1, fix_epoch=2, ramp="linear")
+def test_fixed_margin_from_the_first_iteration():
+    s = MarginScheduler(final_margin=0.3, initial_margin=0.0, start_epoch=1, fix_epoch=1)
+    assert [s(i, 7) for i in (0, 1, 100)] == [0.3, 0.3, 0.3]
+
+
+def test_step_sets_the_loss_margin():
+    s = MarginScheduler(final_margin=0.2, start_epoch=2, fix_epoch=3, ramp="linear")
     loss = SphereFace2Loss(5, margin=0.0)
-    # SpeechBrain epoch 2 (one epoch done), batch 50 of 100: half-way through the ramp.
-    assert s.step(loss, epoch=2, batch_index=50, batches_per_epoch=100) == pytest.approx(0.1)
+    assert s.step(loss, 150, 100) == pytest.approx(0.1)
     assert loss.margin == pytest.approx(0.1)
-    assert s.step(loss, epoch=2, batch_index=75, batches_per_epoch=100) == pytest.approx(0.15)
-
-
-def test_checkpointer_save_and_restore(tmp_path):
-    s = MarginScheduler(final_margin=0.2, start_epoch=1, fix_epoch=3)
-    loss = SphereFace2Loss(5, margin=0.0)
-    ckpt = Checkpointer(tmp_path, recoverables={"margin_scheduler": s, "loss": loss})
-    s.step(loss, epoch=2, batch_index=30, batches_per_epoch=60)
-    saved = s.current_margin
-    assert 0 < saved < 0.2
-    ckpt.save_checkpoint()
-
-    fresh = MarginScheduler(final_margin=0.2, start_epoch=1, fix_epoch=3)
-    fresh_loss = SphereFace2Loss(5, margin=0.0)
-    Checkpointer(tmp_path, recoverables={"margin_scheduler": fresh, "loss": fresh_loss}).recover_if_possible()
-    assert fresh.current_margin == pytest.approx(saved)
-    assert fresh.progress == pytest.approx(1.5)
-    fresh.apply(fresh_loss)
-    assert fresh_loss.margin == pytest.approx(saved)
 
 
 @pytest.mark.parametrize(

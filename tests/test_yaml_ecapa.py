@@ -22,8 +22,8 @@ compute_cost: !new:sb_sphereface2.SphereFace2Loss
     margin_type: C
 margin_scheduler: !new:sb_sphereface2.MarginScheduler
     final_margin: 0.2
-    start_epoch: 0
-    fix_epoch: 1
+    start_epoch: 1
+    fix_epoch: 2
 modules:
     embedding_model: !ref <embedding_model>
     classifier: !ref <classifier>
@@ -43,8 +43,8 @@ def test_yaml_builds_and_trains_one_step():
     wavs = torch.randn(4, 16000) * 0.1
     lens = torch.ones(4)
     labels = torch.tensor([[0], [1], [2], [3]])
-    hp["margin_scheduler"].step(hp["compute_cost"], epoch=1, batch_index=1, batches_per_epoch=2)
-    assert 0 < hp["compute_cost"].margin < 0.2
+    hp["margin_scheduler"].step(hp["compute_cost"], iteration=1, iterations_per_epoch=2)  # mid-ramp
+    assert hp["compute_cost"].margin == 0.2 * (1 - 10 ** -1.5)
 
     feats = hp["compute_features"](wavs)
     emb = hp["embedding_model"](feats, lens)

@@ -12,161 +12,37 @@ Stage 2 (large-margin fine-tuning from stage 1's model folder)::
         --pretrained_model=results/resnet34_sphereface2_c/1986/model ...
 
 Switch blocks with ``--model=ecapa_tdnn`` / ``--loss=aam`` (see hparams/train.yaml). Runs under
-``torchrun --standalone --nproc_per_node=N`` (batch_size is per process: the global batch is
-N x batch_size; add ``--distributed_backend=gloo`` on CPU) and ``--precision=bf16|fp16``.
+``torchrun --standalone --nproc_per_node=N`` (``batch_size`` is the total batch: each process
+loads batch_size / N; add ``--distributed_backend=gloo`` on CPU) and ``--precision=bf16|fp16``.
 ``hparams/train_sharded.yaml`` splits the head's classes across the processes.
-Interrupt it and run the same command again: it resumes from the last checkpoint.
-At the end the last ``average_last`` epoch checkpoints are averaged into ``model_folder``,
-a SpeechBrain pretrained-model folder.
+The run folder keeps the composed ``hyperparams.yaml`` it ran with. Interrupt it and run the
+same command again: it resumes from the last checkpoint. At the end the last
+``average_last`` epoch checkpoints are averaged into ``model_folder``, a SpeechBrain
+pretrained-model folder.
 """
 
-import functools
 import logging
 import os
 import sys
 
-import numpy as np
 import speechbrain as sb
 import torch
+from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.checkpoints import average_checkpoints
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from sb_sphereface2.data.augmentation import prepare_musan, write_augment_csv
-from sb_sphereface2.data.prepare import prepare_voxceleb
 from sb_sphereface2.data.dataio import load_label_encoder, read_speakers, training_dataset, utterance_dataset
-from sb_sphereface2.scoring.embed import embed_dataset
-from sb_sphereface2.scoring.metrics import compute_eer
-from sb_sphereface2.pretrained.folder import check_model_folder, inference_hparams_yaml, write_model_folder
-from sb_sphereface2.hparams import compose_hparams_yaml, load_recipe_hparams, peek_hparams
-from sb_sphereface2.scoring.trial_scores import score_trials
+from sb_sphereface2.data.prepare import prepare_voxceleb
 from sb_sphereface2.data.trials import read_trials
+from sb_sphereface2.files import write_text_atomic
+from sb_sphereface2.hparams import compose_hparams_yaml, parse_overrides, peek_hparams
+from sb_sphereface2.losses.margins import closed_form_bias
+from sb_sphereface2.pretrained.folder import check_model_folder, inference_hparams_yaml, write_model_folder
+from sb_sphereface2.training.brain import SpeakerBrain
 
 logger = logging.getLogger(__name__)
-
-
-class SpeakerBrain(sb.core.Brain):
-    """Speaker-embedding training with a cosine head and a SphereFace2/AAM loss; per-batch
-    margin and learning-rate schedules; validation EER on held-out speakers."""
-
-    batches_per_epoch = 1
-
-    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
-        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
-        if stage == sb.Stage.TRAIN:
-            self.batches_per_epoch = len(loader)
-        return loader
-
-    def _wrap_distributed(self):
-        """DDP-wrap the trainable modules, as Brain does, except that a sharded head (its
-        rows differ between processes; it averages its own gradient) is left alone and
-        SyncBatchNorm is used on GPUs only (it has no CPU kernels; gloo runs keep per-process
-        batch statistics)."""
-        if not self.distributed_launch:
-            return super()._wrap_distributed()
-        from torch.nn.parallel import DistributedDataParallel
-
-        on_gpu = torch.device(self.device).type == "cuda"
-        for name, module in self.modules.items():
-            if getattr(module, "is_sharded", False) or not any(p.requires_grad for p in module.parameters()):
-                continue
-            if on_gpu:
-                module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-            self.modules[name] = DistributedDataParallel(
-                module,
-                device_ids=[self.device] if on_gpu and self.distributed_backend != "gloo" else None,
-                find_unused_parameters=self.find_unused_parameters,
-            )
-
-    def init_optimizers(self):
-        super().init_optimizers()
-        if self.checkpointer is not None and any(getattr(m, "is_sharded", False) for m in self.modules.values()):
-            from sb_sphereface2.losses.sharded import load_optimizer_per_process, save_optimizer_per_process
-
-            # Each process's optimizer state covers its own head rows: save one file per process.
-            self.checkpointer.add_recoverable(
-                "optimizer", self.optimizer,
-                custom_save_hook=save_optimizer_per_process, custom_load_hook=load_optimizer_per_process,
-            )
-
-    def on_fit_batch_start(self, batch, should_step):
-        epoch = self.hparams.epoch_counter.current
-        index = self.step - 1  # Brain counts batches from 1
-        self.hparams.margin_scheduler.step(self.hparams.compute_cost, epoch, index, self.batches_per_epoch)
-        scheduler = self.hparams.lr_scheduler
-        if hasattr(scheduler, "on_batch_end"):  # SpeechBrain's cyclic schedule
-            return
-        scheduler.step(self.optimizer, epoch, index, self.batches_per_epoch)
-
-    def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        scheduler = self.hparams.lr_scheduler
-        if should_step and hasattr(scheduler, "on_batch_end"):
-            scheduler.on_batch_end(self.optimizer)
-
-    def compute_forward(self, batch, stage):
-        batch = batch.to(self.device)
-        wavs, lens = batch.sig
-        if stage == sb.Stage.TRAIN and self.hparams.augment:
-            wavs, lens = self.hparams.wav_augment(wavs, lens)
-        feats = self.modules.compute_features(wavs)
-        feats = self.modules.mean_var_norm(feats, lens)
-        embeddings = self.modules.embedding_model(feats, lens)
-        return self.modules.classifier(embeddings)
-
-    def compute_objectives(self, predictions, batch, stage):
-        spkid, _ = batch.spk_id_encoded
-        loss = self.modules.compute_cost(predictions, spkid)
-        logits = self.hparams.compute_cost.training_logits(predictions.detach(), spkid)
-        self.error_metrics.append(batch.id, logits, spkid)
-        return loss
-
-    def on_stage_start(self, stage, epoch=None):
-        self.error_metrics = sb.utils.metric_stats.MetricStats(
-            metric=functools.partial(sb.nnet.losses.classification_error, reduction="batch"), n_jobs=1
-        )
-
-    def on_stage_end(self, stage, stage_loss, epoch=None):
-        if stage != sb.Stage.TRAIN:
-            return
-        stats = {"loss": stage_loss, "error": self.error_metrics.summarize("average")}
-        meta = {
-            "epoch": epoch,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "margin": self.hparams.compute_cost.margin,
-        }
-        valid = {}
-        if self.dev is not None:
-            valid["EER"] = self.validation_eer()
-        # The epoch is over: Brain resets its batch counter only after this hook, and the
-        # counter is part of the checkpoint; a resumed run must start the next epoch at 0.
-        self.step = 0
-        self.checkpointer.save_and_keep_only(
-            meta={"epoch": epoch, **valid},
-            num_to_keep=self.hparams.average_last,
-            ckpt_predicate=lambda c: "epoch" in c.meta,
-        )
-        # Logged after the checkpoint: an epoch in the log is an epoch a rerun resumes after.
-        self.hparams.train_logger.log_stats(stats_meta=meta, train_stats=stats, valid_stats=valid or None)
-
-    def validation_eer(self):
-        """EER (%) on the held-out speakers' trial list, full utterances, cosine scoring."""
-        dataset, trials = self.dev
-        ids, emb = embed_dataset(
-            dataset,
-            self.modules.compute_features,
-            self.modules.mean_var_norm,
-            self.hparams.embedding_model,
-            device=self.device,
-            progress=False,
-        )
-        self.modules.train()
-        scores = score_trials(ids, emb, trials)
-        return 100.0 * compute_eer(scores, trials.labels)[0]
-
-    def on_fit_start(self):
-        super().on_fit_start()
-        # After a resume, the restored margin is in force before the first batch.
-        self.hparams.margin_scheduler.apply(self.hparams.compute_cost)
 
 
 def prepare_data(settings):
@@ -190,6 +66,10 @@ def prepare_data(settings):
 
 def check_settings(settings):
     """One-line errors for bad combinations, before anything runs."""
+    if not settings.get("data_folder"):
+        raise ValueError("data_folder is required: give --data_folder=<folder of <speaker>/<session>/<utt>.wav>")
+    if "pretrained_model" in settings and not settings["pretrained_model"]:
+        raise ValueError("this stage fine-tunes a model: give --pretrained_model=<stage 1 model folder>")
     if settings["augment"] and not (settings["musan_folder"] and settings["rir_folder"]):
         raise ValueError(
             "augment is on but musan_folder or rir_folder is not set: give "
@@ -203,6 +83,13 @@ def check_settings(settings):
     pretrained = settings.get("pretrained_model")
     if pretrained:
         check_model_folder(pretrained)
+
+
+def per_process_batch(total, world_size):
+    """``batch_size`` is the total batch over all processes: each loads total / world_size."""
+    if total % world_size:
+        raise ValueError(f"batch_size {total} (the total batch) is not divisible by {world_size} processes")
+    return total // world_size
 
 
 def label_encoder_for(settings, train_csv):
@@ -245,6 +132,19 @@ def init_encoder(hparams, source):
     logger.info("embedding model initialised from %s", path)
 
 
+def bias_at_starting_margin(hparams):
+    """The closed-form bias of a new SphereFace2 head, at the margin in force at the first
+    iteration (the margin schedule's value, not its final margin)."""
+    loss = hparams["compute_cost"]
+    start = hparams["margin_scheduler"](0, iterations_per_epoch=1)
+    loss.margin = start
+    if hasattr(loss, "bias") and hasattr(loss, "lambda_"):
+        bias = closed_form_bias(loss.num_classes, loss.scale, start, loss.lambda_, loss.t, loss.margin_type)
+        with torch.no_grad():
+            loss.bias.fill_(bias)
+        logger.info("SphereFace2 bias %.4f (closed form at the starting margin %g)", bias, start)
+
+
 def average_into_model_folder(brain, hparams, stage_file, overrides, num_classes, encoder_path):
     """Average the last epoch checkpoints and write the model folder (main process)."""
     from sb_sphereface2.pretrained.card import training_hparams_text
@@ -264,21 +164,21 @@ def average_into_model_folder(brain, hparams, stage_file, overrides, num_classes
     write_model_folder(
         hparams["model_folder"], inference_hparams_yaml(stage_file, overrides, num_classes=num_classes),
         states, encoder_path,
-        extra_files={"train_hparams.yaml": training_hparams_text(stage_file, overrides, epochs)},
+        extra_files={"train_hparams.yaml": training_hparams_text(stage_file, overrides, epochs, num_classes)},
     )
     logger.info("averaged epochs %s into %s", epochs, hparams["model_folder"])
 
 
 def main(argv):
     stage_file, run_opts, overrides = sb.parse_arguments(argv)
+    overrides = parse_overrides(overrides)
     sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless started by torchrun
     settings = peek_hparams(stage_file, overrides)
     check_settings(settings)
-    sb.create_experiment_directory(
-        experiment_directory=settings["output_folder"],
-        hyperparams_to_save=None,
-        overrides=overrides,
-    )
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    per_process = per_process_batch(settings["batch_size"], world_size)
+    sb.create_experiment_directory(experiment_directory=settings["output_folder"])
+
     prepared = {}
     run_on_main(lambda: prepared.update(prepare_data(settings)))
     if not prepared:  # other DDP processes: read what the main one wrote
@@ -290,9 +190,16 @@ def main(argv):
     encoder, encoder_path = label_encoder_for(settings, train_csv)
     num_classes = len(encoder)
 
-    hparams = load_recipe_hparams(stage_file, overrides, num_classes=num_classes)
+    # The composed hyperparameters, overrides and the number of classes written in: the run
+    # folder keeps them, and plain hyperpyyaml loads them.
+    composed = compose_hparams_yaml(stage_file, {**overrides, "num_classes": num_classes})
+    if if_main_process():
+        write_text_atomic(os.path.join(settings["output_folder"], "hyperparams.yaml"), composed)
+    hparams = load_hyperpyyaml(composed)
     if settings.get("pretrained_model"):
         load_pretrained(hparams, settings["pretrained_model"])
+    else:
+        bias_at_starting_margin(hparams)
     if settings.get("init_encoder_from"):
         init_encoder(hparams, settings["init_encoder_from"])
 
@@ -310,13 +217,18 @@ def main(argv):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    brain.dev = None
     if prepared.get("dev_csv"):
-        brain.dev = (utterance_dataset(prepared["dev_csv"], hparams["sample_rate"]), read_trials(prepared["dev_trials"]))
+        valid_set = utterance_dataset(prepared["dev_csv"], hparams["sample_rate"])
+        brain.dev_trials = read_trials(prepared["dev_trials"])
+    else:
+        logger.info("validation is off: no held-out speakers (dev_speakers=%s)", settings["dev_speakers"])
+        valid_set = []  # the (empty) validation stage still saves the epoch checkpoint
     brain.fit(
         hparams["epoch_counter"],
         train_set,
-        train_loader_kwargs=hparams["dataloader_options"],
+        valid_set,
+        train_loader_kwargs={**hparams["dataloader_options"], "batch_size": per_process},
+        valid_loader_kwargs={"batch_size": 1},
     )
     if if_main_process():
         average_into_model_folder(brain, hparams, stage_file, overrides, num_classes, encoder_path)

@@ -16,21 +16,27 @@ folders are never modified. Multi-channel files keep their first channel.
 Each CSV is skipped when a manifest beside it shows the same inputs.
 """
 
+import json
 import os
 
 import numpy as np
 import soundfile
+import torch
 from tqdm.auto import tqdm
 
 from sb_sphereface2.files import (
+    atomic_write,
     outputs_intact,
     read_manifest,
-    temporary_path,
     write_csv_atomic,
+    write_json_atomic,
     write_manifest,
 )
 
 AUGMENT_CSV_HEADER = ["ID", "duration", "wav", "wav_format", "wav_opts"]
+# SNR ranges (dB) by MUSAN category: wespeaker's add_reverb_noise (processor.py).
+MUSAN_SNR_DB = {"noise": (0.0, 15.0), "speech": (10.0, 30.0), "music": (5.0, 15.0)}
+MUSAN_COUNTS = "musan_files.json"
 AUGMENT_EXTENSIONS = (".wav", ".flac")
 
 
@@ -121,9 +127,8 @@ def write_augment_csv(audio_folder, csv_path, max_seconds=None, chunk_folder=Non
 
     os.makedirs(chunk_folder, exist_ok=True)
     for target, segment, rate in pieces:
-        tmp = temporary_path(target) + ".wav"
-        soundfile.write(tmp, segment, rate, subtype="PCM_16")
-        os.replace(tmp, target)
+        with atomic_write(target, "wb") as handle:
+            soundfile.write(handle, segment, rate, subtype="PCM_16", format="WAV")
     if os.path.exists(manifest_path):
         os.remove(manifest_path)
     write_csv_atomic(csv_path, AUGMENT_CSV_HEADER, rows)
@@ -165,15 +170,19 @@ def prepare_musan(musan_folder, save_folder, max_seconds=5.0, sample_rate=16000)
     if missing:
         raise FileNotFoundError(f"{musan_folder}: missing MUSAN subfolder(s) {', '.join(missing)}")
     os.makedirs(save_folder, exist_ok=True)
-    return {
+    paths = {
         kind: write_augment_csv(
             os.path.join(musan_folder, kind),
             os.path.join(save_folder, f"musan_{kind}.csv"),
             max_seconds=max_seconds,
             sample_rate=sample_rate,
         )
-        for kind in ("noise", "speech", "music")
+        for kind in MUSAN_SNR_DB
     }
+    # wespeaker draws one file from all of MUSAN: the categories weigh as their file counts.
+    counts = {kind: len(_audio_files(os.path.join(musan_folder, kind))) for kind in MUSAN_SNR_DB}
+    write_json_atomic(os.path.join(save_folder, MUSAN_COUNTS), counts)
+    return paths
 
 
 def prepare_rir(rir_folder, save_folder, sample_rate=16000):
@@ -189,3 +198,93 @@ def prepare_rir(rir_folder, save_folder, sample_rate=16000):
     """
     os.makedirs(save_folder, exist_ok=True)
     return write_augment_csv(rir_folder, os.path.join(save_folder, "rir.csv"), sample_rate=sample_rate)
+
+
+class ReverbOrNoise(torch.nn.Module):
+    """wespeaker's augmentation on a batch: each utterance, with probability
+    ``augment_prob``, gets reverberation or additive MUSAN noise with equal probability.
+
+    Additive noise draws a category with probability proportional to its number of MUSAN
+    files (wespeaker draws one file from all of MUSAN) and an SNR uniformly in the
+    category's range (``MUSAN_SNR_DB``); SpeechBrain's ``AddNoise`` and ``AddReverb`` do
+    the mixing. The CSVs (``musan_noise.csv``... ``rir.csv``, from ``prepare_musan`` and
+    ``prepare_rir``) are read at the first call, so the module can be built before the
+    data are prepared.
+
+    Arguments
+    ---------
+    csv_folder : str
+        Folder holding the CSVs and ``musan_files.json``.
+    augment_prob : float
+        Probability that an utterance is augmented (0.6 in the paper).
+    sample_rate : int
+        Sampling rate of the speech and of the noise files.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> musan, rirs, out = tempfile.mkdtemp(), tempfile.mkdtemp(), tempfile.mkdtemp()
+    >>> for kind in ("noise", "speech", "music"):
+    ...     os.makedirs(os.path.join(musan, kind))
+    ...     soundfile.write(os.path.join(musan, kind, "a.wav"), np.random.randn(16000) * 0.1, 16000)
+    >>> soundfile.write(os.path.join(rirs, "r.wav"), np.eye(1, 800)[0], 16000)
+    >>> _ = prepare_musan(musan, out), prepare_rir(rirs, out)
+    >>> augment = ReverbOrNoise(out, augment_prob=1.0)
+    >>> clean = torch.sin(torch.arange(32000.0)).repeat(4, 1) * 0.1
+    >>> noisy, lengths = augment(clean, torch.ones(4))
+    >>> noisy.shape, bool((noisy != clean).any(dim=1).all())
+    (torch.Size([4, 32000]), True)
+    """
+
+    def __init__(self, csv_folder, augment_prob=0.6, sample_rate=16000):
+        super().__init__()
+        if not 0.0 <= float(augment_prob) <= 1.0:
+            raise ValueError(f"augment_prob must be in [0, 1], got {augment_prob}")
+        self.csv_folder = os.fspath(csv_folder)
+        self.augment_prob = float(augment_prob)
+        self.sample_rate = int(sample_rate)
+        self._parts = None
+
+    def _load(self):
+        from speechbrain.augment.time_domain import AddNoise, AddReverb
+
+        counts_path = os.path.join(self.csv_folder, MUSAN_COUNTS)
+        needed = [os.path.join(self.csv_folder, f"musan_{k}.csv") for k in MUSAN_SNR_DB]
+        needed += [os.path.join(self.csv_folder, "rir.csv"), counts_path]
+        missing = [p for p in needed if not os.path.isfile(p)]
+        if missing:
+            raise FileNotFoundError(
+                f"augmentation CSV missing: {missing[0]} (prepare MUSAN and RIRs with --musan_folder "
+                "and --rir_folder, or train with --augment=False)"
+            )
+        with open(counts_path, encoding="utf-8") as handle:
+            counts = json.load(handle)
+        rate = self.sample_rate
+        noises = {
+            kind: AddNoise(csv_file=os.path.join(self.csv_folder, f"musan_{kind}.csv"), snr_low=low,
+                           snr_high=high, noise_sample_rate=rate, clean_sample_rate=rate)
+            for kind, (low, high) in MUSAN_SNR_DB.items()
+        }
+        reverb = AddReverb(csv_file=os.path.join(self.csv_folder, "rir.csv"), reverb_sample_rate=rate,
+                           clean_sample_rate=rate)
+        weights = torch.tensor([float(counts[k]) for k in MUSAN_SNR_DB])
+        self._parts = (reverb, noises, weights / weights.sum())
+
+    def forward(self, wavs, lengths):
+        """Augmented ``wavs`` [B, T] and the unchanged relative ``lengths`` [B]."""
+        if self._parts is None:
+            self._load()
+        reverb, noises, weights = self._parts
+        batch = wavs.shape[0]
+        augmented = torch.rand(batch) < self.augment_prob
+        use_reverb = torch.rand(batch) < 0.5
+        kinds = torch.multinomial(weights, batch, replacement=True)
+        out = wavs.clone()
+        groups = [(augmented & use_reverb, reverb)]
+        groups += [(augmented & ~use_reverb & (kinds == k), noise) for k, noise in enumerate(noises.values())]
+        for mask, transform in groups:
+            index = mask.nonzero().squeeze(1).to(wavs.device)
+            if len(index):
+                args = (wavs[index],) if transform is reverb else (wavs[index], lengths[index])
+                out[index] = transform(*args)
+        return out, lengths

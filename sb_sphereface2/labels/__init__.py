@@ -1,2 +1,3 @@
-"""Labels: class-wise label-noise injection (``noise``) and pseudo-labels from
-clustered embeddings (``pseudo``)."""
+"""Labels: class-wise label-noise injection (``noise``), clustering of embeddings
+(``clustering``, scikit-learn), clustering scores (``scores``) and pseudo-labelled
+training CSVs (``pseudo``)."""

@@ -19,9 +19,10 @@ def _yaml():
     return ruamel.yaml.YAML()
 
 
-def training_hparams_text(stage_file, overrides, averaged_epochs):
-    """``train_hparams.yaml`` of a model folder: the composed recipe text after two comment
-    lines recording the averaged epochs and the overrides (read by :func:`training_config`).
+def training_hparams_text(stage_file, overrides, averaged_epochs, num_classes):
+    """``train_hparams.yaml`` of a model folder: the composed recipe hyperparameters, the
+    overrides and the number of classes written in, after a comment line recording the
+    averaged epochs (read by :func:`training_config`).
 
     Arguments
     ---------
@@ -31,6 +32,8 @@ def training_hparams_text(stage_file, overrides, averaged_epochs):
         The overrides the recipe ran with.
     averaged_epochs : list of int
         The epochs averaged into the model.
+    num_classes : int
+        The number of training classes.
 
     Returns
     -------
@@ -39,15 +42,21 @@ def training_hparams_text(stage_file, overrides, averaged_epochs):
 
     Example
     -------
-    >>> text = training_hparams_text("hparams/train.yaml", "lr: 0.5", [3, 4])
-    >>> text.splitlines()[:2]
-    ['# averaged epochs: [3, 4]', "# overrides: 'lr: 0.5'"]
+    >>> import tempfile
+    >>> text = training_hparams_text("hparams/train.yaml", {"lr": 0.5, "data_folder": "x"}, [4, 3], 7)
+    >>> text.splitlines()[0]
+    '# averaged epochs: [3, 4]'
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = open(os.path.join(folder, "train_hparams.yaml"), "w").write(text)
+    >>> config = training_config(folder)
+    >>> config["lr"], config["num_classes"], config["averaged_epochs"]
+    (0.5, 7, [3, 4])
     """
-    from sb_sphereface2.hparams import compose_hparams_yaml
+    from sb_sphereface2.hparams import compose_hparams_yaml, parse_overrides
 
     epochs = sorted(int(epoch) for epoch in averaged_epochs)
-    note = f"# averaged epochs: {epochs}\n# overrides: {overrides!r}\n"
-    return note + compose_hparams_yaml(stage_file, overrides)
+    composed = compose_hparams_yaml(stage_file, {**parse_overrides(overrides), "num_classes": num_classes})
+    return f"# averaged epochs: {epochs}\n" + composed
 
 
 def _plain(value):
@@ -66,9 +75,10 @@ def _plain(value):
 def training_config(folder):
     """The plain training settings recorded in ``train_hparams.yaml`` of a model folder.
 
-    ``train_hparams.yaml`` is the composed recipe text with two leading comments
-    (``# averaged epochs: [...]`` and ``# overrides: '...'``); the overrides are applied
-    and references resolved, objects (``!new:``) are left out.
+    ``train_hparams.yaml`` is the composed recipe text after a comment
+    ``# averaged epochs: [...]`` (:func:`training_hparams_text`); folders written by 0.1.0
+    have a second comment ``# overrides: '...'``, applied here. References are resolved,
+    objects (``!new:``) are left out.
 
     Arguments
     ---------

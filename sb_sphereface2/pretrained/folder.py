@@ -148,10 +148,10 @@ def inference_hparams_yaml(stage_file, overrides=None, **extra):
     """
     from hyperpyyaml import resolve_references
 
-    from sb_sphereface2.hparams import _merge_overrides, compose_hparams_yaml
+    from sb_sphereface2.hparams import compose_hparams_yaml, parse_overrides
 
-    composed = compose_hparams_yaml(stage_file, overrides)
-    resolved = resolve_references(io.StringIO(composed), _merge_overrides(overrides, extra))
+    composed = compose_hparams_yaml(stage_file, {**parse_overrides(overrides), **extra})
+    resolved = resolve_references(io.StringIO(composed))
     yaml = ruamel.yaml.YAML()
     tree = yaml.load(resolved)
     keys = ("sample_rate", "n_mels", "emb_dim", "num_classes", "compute_features", "mean_var_norm",

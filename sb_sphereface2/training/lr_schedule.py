@@ -1,85 +1,99 @@
-"""Learning-rate schedule of the SphereFace2 speaker paper: linear warm-up, then exponential decay."""
+"""The learning-rate schedule of the paper's recipe (wespeaker's ``ExponentialDecrease``).
+
+Per iteration i (counted from 0 over the whole run), with I = total_epochs x iterations
+per epoch and W = warmup_epochs x iterations per epoch::
+
+    lr(i) = coeff(i) * initial_lr * exp(i / I * ln(final_lr / initial_lr))
+
+The multiplier ``coeff`` is wespeaker's batch-size scaling: ``scale_ratio = total batch /
+64``; during the warm-up it rises linearly from 1 to ``scale_ratio`` (from 0 with
+``warm_from_zero``), then stays at ``scale_ratio``. With the paper's total batch of 256,
+lr goes 0.1 -> 0.4 over the first 6 of 150 epochs while the exponential decay runs from
+iteration 0, and ends at 4 x 5e-5. SpeechBrain's schedulers have no such product of a
+batch-scaling warm-up and a whole-run decay, hence this class.
+"""
 
 import math
 
-import torch
-from speechbrain.utils.checkpoints import (
-    mark_as_loader,
-    mark_as_saver,
-    register_checkpoint_hooks,
-)
+REFERENCE_BATCH = 64  # wespeaker: scale_ratio = world_size * batch_per_process / 64
 
 
-@register_checkpoint_hooks
 class WarmupExponentialLR:
-    """Per-iteration learning rate: linear warm-up from 0 to ``initial_lr`` over
-    ``warmup_epochs``, then exponential decay to ``final_lr`` at ``total_epochs``.
+    """Per-iteration learning rate: exponential decay over the whole run, times a
+    batch-size scale that warms up linearly (wespeaker's ``ExponentialDecrease``).
 
-    Progress is counted in epochs (fractional), as in ``MarginScheduler``, so the
-    schedule does not depend on the dataset size. The paper: 0.1 -> 5e-5 over 150
-    epochs with 6 warm-up epochs; large-margin fine-tuning: 1e-4 -> 2.5e-5 over 5.
+    The value depends only on the iteration and the epoch length, so a resumed run
+    follows the uninterrupted schedule exactly (SpeechBrain's ``Brain`` checkpoints its
+    optimizer-step counter).
 
     Arguments
     ---------
     initial_lr : float
-        Learning rate at the end of the warm-up.
+        Learning rate at iteration 0 for a total batch of 64 (0.1 in the paper).
     final_lr : float
-        Learning rate at ``total_epochs``.
+        Learning rate at the end of the decay for a total batch of 64 (5e-5).
     warmup_epochs : float
-        Length of the linear warm-up (0 for none).
+        Length of the warm-up of the batch-size scale (6), >= 0.
     total_epochs : float
-        Length of the whole schedule.
-
-    Returns
-    -------
-    float
-        From ``__call__`` and ``step``: the learning rate at that progress.
+        Length of the decay (150).
+    total_batch : int
+        The total batch over all processes (256); scale_ratio = total_batch / 64.
+    warm_from_zero : bool
+        wespeaker's option: the scale rises from 0 instead of 1 during the warm-up.
 
     Example
     -------
-    >>> schedule = WarmupExponentialLR(0.1, 1e-3, warmup_epochs=1, total_epochs=3)
-    >>> schedule(0.5), schedule(1.0), round(schedule(2.0), 6), round(schedule(3.0), 6)
-    (0.05, 0.1, 0.01, 0.001)
+    >>> schedule = WarmupExponentialLR(0.1, 5e-5, warmup_epochs=6, total_epochs=150, total_batch=256)
+    >>> schedule(0, iterations_per_epoch=100)
+    0.1
+    >>> round(schedule(600, iterations_per_epoch=100), 4)   # epoch 7: 0.4 * exp(6/150 ln(5e-4))
+    0.2951
+    >>> import torch
     >>> optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    >>> schedule.step(optimizer, epoch=2, batch_index=0, batches_per_epoch=10)
-    0.1
-    >>> optimizer.param_groups[0]["lr"]
-    0.1
+    >>> schedule.step(optimizer, 0, iterations_per_epoch=100), optimizer.param_groups[0]["lr"]
+    (0.1, 0.1)
     """
 
-    def __init__(self, initial_lr, final_lr, warmup_epochs, total_epochs):
+    def __init__(self, initial_lr, final_lr, warmup_epochs, total_epochs, total_batch=REFERENCE_BATCH,
+                 warm_from_zero=False):
         if not (initial_lr > 0 and final_lr > 0):
             raise ValueError(f"learning rates must be > 0, got {initial_lr} and {final_lr}")
-        if not 0 <= warmup_epochs < total_epochs:
+        if not 0 <= warmup_epochs <= total_epochs or total_epochs <= 0:
             raise ValueError(
-                f"need 0 <= warmup_epochs < total_epochs, got {warmup_epochs} and {total_epochs}"
+                f"need 0 <= warmup_epochs <= total_epochs and total_epochs > 0, got "
+                f"{warmup_epochs} and {total_epochs}"
             )
+        if not (isinstance(total_batch, int) and total_batch >= 1):
+            raise ValueError(f"total_batch must be a positive integer, got {total_batch!r}")
         self.initial_lr = float(initial_lr)
         self.final_lr = float(final_lr)
         self.warmup_epochs = float(warmup_epochs)
         self.total_epochs = float(total_epochs)
-        self.progress = 0.0
+        self.scale_ratio = total_batch / REFERENCE_BATCH
+        self.warm_from_zero = bool(warm_from_zero)
 
-    def __call__(self, progress):
-        """Learning rate after ``progress`` epochs."""
-        if progress < self.warmup_epochs:
-            return self.initial_lr * progress / self.warmup_epochs
-        p = min(1.0, (progress - self.warmup_epochs) / (self.total_epochs - self.warmup_epochs))
-        return self.initial_lr * math.exp(p * math.log(self.final_lr / self.initial_lr))
+    def scale(self, iteration, iterations_per_epoch):
+        """The batch-size multiplier at ``iteration``."""
+        warmup = self.warmup_epochs * iterations_per_epoch
+        if iteration >= warmup:
+            return self.scale_ratio
+        if self.warm_from_zero:
+            return self.scale_ratio * iteration / warmup
+        if self.scale_ratio > 1:
+            return 1.0 + (self.scale_ratio - 1.0) * iteration / warmup
+        return self.scale_ratio
 
-    def step(self, optimizer, epoch, batch_index, batches_per_epoch):
-        """Set the learning rate of ``optimizer`` for batch ``batch_index`` (0-based) of
-        SpeechBrain epoch ``epoch`` (1-based); return it."""
-        self.progress = (epoch - 1) + batch_index / max(1, batches_per_epoch)
-        lr = self(self.progress)
+    def __call__(self, iteration, iterations_per_epoch):
+        """Learning rate at ``iteration`` (0-based, over the whole run)."""
+        if iterations_per_epoch < 1:
+            raise ValueError(f"iterations_per_epoch must be >= 1, got {iterations_per_epoch}")
+        total = self.total_epochs * iterations_per_epoch
+        decay = math.exp(iteration / total * math.log(self.final_lr / self.initial_lr))
+        return self.scale(iteration, iterations_per_epoch) * self.initial_lr * decay
+
+    def step(self, optimizer, iteration, iterations_per_epoch):
+        """Set the learning rate of every parameter group for ``iteration``; return it."""
+        lr = self(iteration, iterations_per_epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         return lr
-
-    @mark_as_saver
-    def _save(self, path):
-        torch.save({"progress": self.progress}, path)
-
-    @mark_as_loader
-    def _recover(self, path, end_of_epoch=True):
-        self.progress = float(torch.load(path)["progress"])

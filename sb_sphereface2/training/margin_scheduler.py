@@ -1,29 +1,24 @@
-"""Per-iteration margin schedule: hold, ramp, hold."""
+"""Per-iteration margin schedule: hold, ramp, hold (wespeaker's ``MarginScheduler``).
+
+Epochs count from 1, as in wespeaker and SpeechBrain: with E iterations per epoch, the
+ramp starts at iteration (start_epoch - 1) E, the first iteration of epoch ``start_epoch``,
+and the final margin holds from iteration (fix_epoch - 1) E. With p the fraction of the
+ramp done, the "exp" ramp is m0 + (m1 - m0)(1 - 10^(-3p)) and "linear" is
+m0 + (m1 - m0) p. The paper ramps 0 -> 0.2 over epochs 20-40 of 150. Fractional epochs
+are allowed (a short run can tie the ramp to a fraction of training).
+"""
 
 import math
-
-import torch
-from speechbrain.utils.checkpoints import (
-    mark_as_loader,
-    mark_as_saver,
-    register_checkpoint_hooks,
-)
 
 RAMPS = ("exp", "linear")
 
 
-@register_checkpoint_hooks
 class MarginScheduler:
-    """Margin that holds ``initial_margin`` until ``start_epoch``, ramps to
-    ``final_margin`` by ``fix_epoch`` and holds it afterwards; updated every iteration.
+    """Margin that holds ``initial_margin`` until epoch ``start_epoch`` starts, ramps to
+    ``final_margin`` by the start of epoch ``fix_epoch`` and holds it afterwards.
 
-    Progress is counted in epochs done, fractional within an epoch: SpeechBrain's
-    epoch 1 at batch 0 is progress 0.0. With p the fraction of the ramp done,
-    the "exp" ramp is m0 + (m1 - m0)(1 - 10^(-3p)) and "linear" is m0 + (m1 - m0)p.
-    The paper ramps 0 -> 0.2 over epochs 20-40.
-
-    Add it to the Checkpointer's ``recoverables``: it saves the margin in force and the
-    progress, and ``apply`` puts the restored margin back into the loss after a resume.
+    The value depends only on the iteration and the epoch length, so a resumed run
+    follows the uninterrupted schedule exactly.
 
     Arguments
     ---------
@@ -32,30 +27,24 @@ class MarginScheduler:
     initial_margin : float
         Margin m0 before the ramp.
     start_epoch : float
-        Epochs done when the ramp starts.
+        Epoch (from 1) at whose first iteration the ramp starts.
     fix_epoch : float
-        Epochs done when the ramp ends (>= start_epoch).
+        Epoch at whose first iteration the final margin is reached (>= start_epoch);
+        ``fix_epoch <= 1`` gives the final margin from the first iteration.
     ramp : str
         "exp" or "linear".
-
-    Returns
-    -------
-    float
-        From ``__call__`` and ``step``: the margin at that progress.
 
     Example
     -------
     >>> scheduler = MarginScheduler(final_margin=0.2, start_epoch=20, fix_epoch=40, ramp="linear")
-    >>> scheduler(10.0), scheduler(30.0), scheduler(50.0)
-    (0.0, 0.1, 0.2)
-    >>> MarginScheduler(final_margin=0.3, start_epoch=0, fix_epoch=0)(0.0)  # fixed margin
+    >>> [scheduler(i, iterations_per_epoch=10) for i in (189, 190, 290, 390)]
+    [0.0, 0.0, 0.1, 0.2]
+    >>> MarginScheduler(final_margin=0.3, start_epoch=1, fix_epoch=1)(0, 10)  # fixed margin
     0.3
     >>> class Loss: margin = 0.0
     >>> loss = Loss()
-    >>> scheduler.step(loss, epoch=31, batch_index=0, batches_per_epoch=100)
-    0.1
-    >>> loss.margin
-    0.1
+    >>> scheduler.step(loss, 290, iterations_per_epoch=10), loss.margin
+    (0.1, 0.1)
     """
 
     def __init__(self, final_margin=0.2, initial_margin=0.0, start_epoch=20, fix_epoch=40, ramp="exp"):
@@ -74,38 +63,23 @@ class MarginScheduler:
         self.start_epoch = float(start_epoch)
         self.fix_epoch = float(fix_epoch)
         self.ramp = ramp
-        self.progress = 0.0
-        self.current_margin = self(0.0)
 
-    def __call__(self, progress):
-        """Margin after ``progress`` epochs (fractional)."""
-        if progress >= self.fix_epoch:
+    def __call__(self, iteration, iterations_per_epoch):
+        """Margin at ``iteration`` (0-based, over the whole run)."""
+        if iterations_per_epoch < 1:
+            raise ValueError(f"iterations_per_epoch must be >= 1, got {iterations_per_epoch}")
+        start = max(0.0, self.start_epoch - 1) * iterations_per_epoch
+        fix = max(0.0, self.fix_epoch - 1) * iterations_per_epoch
+        if iteration >= fix:
             return self.final_margin
-        if progress <= self.start_epoch:
+        if iteration < start:
             return self.initial_margin
-        p = (progress - self.start_epoch) / (self.fix_epoch - self.start_epoch)
+        p = (iteration - start) / (fix - start)
         if self.ramp == "exp":
             p = 1 - 10 ** (-3 * p)
         return self.initial_margin + (self.final_margin - self.initial_margin) * p
 
-    def step(self, loss, epoch, batch_index, batches_per_epoch):
-        """Set ``loss.margin`` for batch ``batch_index`` (0-based) of SpeechBrain epoch
-        ``epoch`` (1-based) with ``batches_per_epoch`` batches; return the margin."""
-        self.progress = (epoch - 1) + batch_index / max(1, batches_per_epoch)
-        self.current_margin = self(self.progress)
-        return self.apply(loss)
-
-    def apply(self, loss):
-        """Set ``loss.margin`` to the margin in force (after a checkpoint restore)."""
-        loss.margin = self.current_margin
-        return self.current_margin
-
-    @mark_as_saver
-    def _save(self, path):
-        torch.save({"progress": self.progress, "current_margin": self.current_margin}, path)
-
-    @mark_as_loader
-    def _recover(self, path, end_of_epoch=True):
-        state = torch.load(path)
-        self.progress = float(state["progress"])
-        self.current_margin = float(state["current_margin"])
+    def step(self, loss, iteration, iterations_per_epoch):
+        """Set ``loss.margin`` for ``iteration``; return the margin."""
+        loss.margin = self(iteration, iterations_per_epoch)
+        return loss.margin

@@ -1,0 +1,217 @@
+"""``SpeakerBrain``: SpeechBrain's ``Brain`` for speaker-embedding training with a cosine
+head and a SphereFace2 (or AAM) loss.
+
+Per iteration, before the forward pass, the margin and the learning rate are set from
+the optimizer-step counter that ``Brain`` checkpoints (``MarginScheduler``,
+``WarmupExponentialLR``), so a resumed run follows the uninterrupted schedules. Each
+epoch ends with a validation stage: embeddings of the held-out speakers' utterances
+(whole utterances, one at a time), the EER and minDCF of their trial list, and the epoch
+checkpoint. The training log reports, besides the loss, the classification error of the
+raw cosines (argmax of the cosines against the label: unaffected by the margin) and the
+mean cosine with the own class and with the other classes.
+"""
+
+import logging
+import time
+
+import numpy as np
+import speechbrain as sb
+import torch
+
+from sb_sphereface2.scoring.metrics import compute_eer, compute_min_dcf
+from sb_sphereface2.scoring.trial_scores import score_trials
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteBatchError(ValueError):
+    """The network produced non-finite values for a batch (names its utterances)."""
+
+
+class SpeakerBrain(sb.core.Brain):
+    """Speaker-embedding training: per-iteration margin and lr schedules, raw-cosine
+    training statistics, validation EER on held-out speakers, epoch checkpoints.
+
+    Expects in ``hparams``: ``margin_scheduler``, ``lr_scheduler`` (ours, or SpeechBrain's
+    ``CyclicLRScheduler``), ``compute_cost``, ``embedding_model``, ``augment``,
+    ``wav_augment`` (when augmenting), ``average_last``, ``train_logger``,
+    ``epoch_counter``; ``modules`` holds ``compute_features``, ``mean_var_norm``,
+    ``embedding_model``, ``classifier`` and ``compute_cost``. Set ``dev_trials`` (a
+    ``TrialList``) before ``fit`` to score the validation set, which is given to ``fit``
+    as ``valid_set`` (an empty dataset when there is none: the checkpoint is saved in
+    the validation stage either way).
+    """
+
+    dev_trials = None
+    iterations_per_epoch = None
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+        if stage == sb.Stage.TRAIN:
+            self.iterations_per_epoch = len(loader)
+            if self.iterations_per_epoch < 1:
+                raise ValueError(
+                    f"the training set gives no batch: {len(dataset)} utterances for a batch of "
+                    f"{loader_kwargs.get('batch_size')} per process with drop_last; lower batch_size"
+                )
+        return loader
+
+    def on_fit_start(self):
+        # SpeechBrain 1.1.2 has no hook to choose what _wrap_distributed wraps: it
+        # DDP-wraps every trainable module and converts BatchNorm to SyncBatchNorm, which
+        # has no CPU kernels and would broadcast rank 0's rows over a sharded head. This
+        # public hook does the default's work with a wrapping that skips sharded modules
+        # and keeps BatchNorm on CPU.
+        self._compile()
+        if self.distributed_launch:
+            self._wrap_for_ddp()
+        self.init_optimizers()
+        if self.checkpointer is not None:
+            self.checkpointer.recover_if_possible()
+
+    def _wrap_for_ddp(self):
+        from torch.nn.parallel import DistributedDataParallel
+
+        on_gpu = torch.device(self.device).type == "cuda"
+        for name, module in self.modules.items():
+            if getattr(module, "is_sharded", False) or not any(p.requires_grad for p in module.parameters()):
+                continue
+            if on_gpu:
+                module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+            self.modules[name] = DistributedDataParallel(
+                module,
+                device_ids=[self.device] if on_gpu and self.distributed_backend != "gloo" else None,
+                find_unused_parameters=self.find_unused_parameters,
+            )
+
+    def init_optimizers(self):
+        super().init_optimizers()
+        if self.checkpointer is not None and any(getattr(m, "is_sharded", False) for m in self.modules.values()):
+            from sb_sphereface2.losses.sharded import load_optimizer_per_process, save_optimizer_per_process
+
+            # Each process's optimizer state covers its own head rows: one file per process.
+            self.checkpointer.add_recoverable(
+                "optimizer", self.optimizer,
+                custom_save_hook=save_optimizer_per_process, custom_load_hook=load_optimizer_per_process,
+            )
+
+    # --- schedules -------------------------------------------------------------------
+
+    def on_fit_batch_start(self, batch, should_step):
+        iteration = self.optimizer_step  # optimizer steps done so far: this iteration's index
+        self.hparams.margin_scheduler.step(self.hparams.compute_cost, iteration, self.iterations_per_epoch)
+        scheduler = self.hparams.lr_scheduler
+        if not hasattr(scheduler, "on_batch_end"):  # SpeechBrain's cyclic schedule steps after
+            scheduler.step(self.optimizer, iteration, self.iterations_per_epoch)
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        scheduler = self.hparams.lr_scheduler
+        if should_step and hasattr(scheduler, "on_batch_end"):
+            scheduler.on_batch_end(self.optimizer)
+
+    # --- forward and objectives ------------------------------------------------------
+
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        wavs, lens = batch.sig
+        if stage == sb.Stage.TRAIN and self.hparams.augment:
+            wavs, lens = self.hparams.wav_augment(wavs, lens)
+        feats = self.modules.compute_features(wavs)
+        feats = self.modules.mean_var_norm(feats, lens)
+        embeddings = self.modules.embedding_model(feats, lens)
+        if stage != sb.Stage.TRAIN:
+            return embeddings
+        return self.modules.classifier(embeddings)
+
+    def compute_objectives(self, predictions, batch, stage):
+        if stage != sb.Stage.TRAIN:
+            embeddings = predictions.detach().float().reshape(len(batch.id), -1).cpu()
+            self._check_finite(embeddings, batch.id, "embeddings")
+            self.valid_ids.extend(batch.id)
+            self.valid_embeddings.append(embeddings)
+            return torch.zeros((), device=self.device)
+        spkid, _ = batch.spk_id_encoded
+        self._check_finite(predictions, batch.id, "cosines")
+        loss = self.modules.compute_cost(predictions, spkid)
+        self._count(predictions.detach(), spkid)
+        return loss
+
+    @staticmethod
+    def _check_finite(values, ids, what):
+        if not bool(torch.isfinite(values).all()):
+            shown = ", ".join(list(ids)[:8]) + (" ..." if len(ids) > 8 else "")
+            raise NonFiniteBatchError(
+                f"non-finite {what} for the batch of utterances {shown} (damaged audio? check "
+                "these files, or lower the learning rate)"
+            )
+
+    def _count(self, predictions, spkid):
+        """Raw-cosine statistics of a training batch: errors, own-class and other-class cosines."""
+        cos = predictions.reshape(predictions.shape[0], -1).float()
+        labels = spkid.reshape(-1).long()
+        own = cos.gather(1, labels[:, None]).squeeze(1)
+        others = (cos.sum(dim=1) - own) / max(1, cos.shape[1] - 1)
+        totals = torch.stack([
+            (cos.argmax(dim=1) != labels).sum().float(), own.sum(), others.sum(),
+            torch.tensor(float(len(labels)), device=cos.device),
+        ])
+        self.train_totals += totals.detach().double().cpu()
+
+    # --- stages ------------------------------------------------------------------------
+
+    def on_stage_start(self, stage, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            self.train_totals = torch.zeros(4, dtype=torch.float64)
+            self.stage_started = time.time()
+        else:
+            self.valid_ids, self.valid_embeddings = [], []
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            errors, own, others, count = self._reduced(self.train_totals).tolist()
+            seconds = time.time() - self.stage_started
+            self.train_stats = {
+                "loss": stage_loss,
+                "error": errors / max(1.0, count),
+                "cos_own": own / max(1.0, count),
+                "cos_other": others / max(1.0, count),
+            }
+            self.epoch_meta = {
+                "epoch": epoch,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "margin": float(self.hparams.compute_cost.margin),
+                "seconds": round(seconds, 1),
+                "utt_per_s": round(count / max(seconds, 1e-9), 1),
+            }
+            return
+        valid = self.validation_metrics()
+        self.checkpointer.save_and_keep_only(
+            meta={"epoch": epoch, **valid},
+            num_to_keep=self.hparams.average_last,
+            ckpt_predicate=lambda c: "epoch" in c.meta,
+        )
+        # Logged after the checkpoint: an epoch in the log is an epoch a rerun resumes after.
+        self.hparams.train_logger.log_stats(
+            stats_meta=self.epoch_meta, train_stats=self.train_stats, valid_stats=valid or None
+        )
+
+    def _reduced(self, totals):
+        """Sum statistics over DDP processes (each saw its own part of the epoch)."""
+        if not self.distributed_launch:
+            return totals
+        device = self.device if torch.device(self.device).type == "cuda" else "cpu"
+        totals = totals.to(device)
+        torch.distributed.all_reduce(totals)
+        return totals.cpu()
+
+    def validation_metrics(self):
+        """EER (%) and minDCF (p = 0.01) of the held-out speakers' trials, cosine scoring."""
+        if self.dev_trials is None or not self.valid_ids:
+            return {}
+        embeddings = torch.cat(self.valid_embeddings).numpy().astype(np.float64)
+        scores = score_trials(self.valid_ids, embeddings, self.dev_trials)
+        labels = self.dev_trials.labels
+        return {
+            "EER": 100.0 * compute_eer(scores, labels)[0],
+            "minDCF": compute_min_dcf(scores, labels, p_target=0.01)[0],
+        }
