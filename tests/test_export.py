@@ -1,10 +1,11 @@
 """Export to SpeechBrain's pretrained-folder format, loading it offline (strictly), and
 fine-tuning from it.
 
-Tests marked slow share one tiny ResNet is trained once per module (real speech cut from librispeech-mini, 30
-speakers, 4 epochs) with the recipe's own command (train.yaml with Adam); the scoring stage (recipe modules,
-:func:`sb_sphereface2.scoring.embed.embed_waveform`, :func:`sb_sphereface2.scoring.trial_scores.score_trials`)
-is run here and compared with what SpeechBrain's ``SpeakerRecognition`` and
+Tests marked slow share one tiny ResNet trained once per module (real speech cut from
+librispeech-mini, 30 speakers, 20 epochs) with the recipe's own command (train.yaml with
+Adam); the scoring stage (recipe modules,
+:func:`sb_sphereface2.scoring.embed.embed_waveform`,
+:func:`sb_sphereface2.scoring.trial_scores.score_trials`) is run here and compared with what SpeechBrain's ``SpeakerRecognition`` and
 ``EncoderClassifier`` compute from the exported folder in a separate process with the hub
 offline. The others use the folders 0.1.0 wrote (``tests/fixtures``).
 """
@@ -115,7 +116,7 @@ def trained(librispeech_voxceleb_tree, tmp_path_factory):
     out = base / "run"
     stage = base / "tiny_stage.yaml"
     stage.write_text(TINY_STAGE.format(train_yaml=REPO / "hparams" / "train.yaml"))
-    overrides = ["--number_of_epochs=4", "--margin=0.0", "--margin_start_epoch=0", "--margin_fix_epoch=0",
+    overrides = ["--number_of_epochs=20", "--margin=0.0", "--margin_start_epoch=0", "--margin_fix_epoch=0",
                  "--average_last=2"]
     _run([TRAIN, stage, f"--data_folder={data}", f"--output_folder={out}", *COMMON, *TINY, *overrides], cwd=REPO)
     model_folder = out / "model"
@@ -141,7 +142,7 @@ def trained(librispeech_voxceleb_tree, tmp_path_factory):
           "--train-embeddings", base / "train_emb.npz", "--name", "tiny-sphereface2"], cwd=REPO)
     return {
         "tree": tree, "base": base, "data": data, "out": out, "model_folder": model_folder,
-        "recipe": recipe, "mean": mean, "train_emb": train_emb, "results": results, "exported": exported,
+        "recipe": recipe, "override_map": override_map, "mean": mean, "train_emb": train_emb, "results": results, "exported": exported,
     }
 
 
@@ -151,6 +152,7 @@ import numpy as np, torch
 from speechbrain.inference.classifiers import EncoderClassifier
 from speechbrain.inference.speaker import SpeakerRecognition
 folder, files, pairs, out = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
+train_files = json.loads(sys.argv[5])
 result = {}
 for cls, some in ((SpeakerRecognition, files), (EncoderClassifier, files[:8])):
     model = cls.from_hparams(source=folder)
@@ -163,6 +165,10 @@ for cls, some in ((SpeakerRecognition, files), (EncoderClassifier, files[:8])):
     result[cls.__name__ + "_label"] = np.array(label)
     if cls is SpeakerRecognition:
         result["verify"] = np.array([float(model.verify_files(a, b)[0]) for a, b in pairs])
+    else:
+        with torch.no_grad():
+            result["train_labels"] = np.array([model.classify_batch(model.load_audio(f)[None])[3][0]
+                                               for f in train_files])
 np.savez(out, **result)
 """
 
@@ -180,12 +186,16 @@ def loaded(trained):
                  for a, b in zip(speakers, speakers[1:] + speakers[:1]) for x, y in combos]
     pairs = [(str(a), str(b)) for a, b in same + different]
     files = sorted({f for pair in pairs for f in pair})
+    # Every segment of the 30 training speakers, for the head's labels.
+    train_files = [str(tree.root / s / f"{x}.flac") for s in tree.train_speakers[:30] for x in SEGMENTS]
     out = trained["base"] / "loaded.npz"
-    _run(["-c", LOAD_SCRIPT, trained["exported"], json.dumps(files), json.dumps(pairs), out], cwd=trained["base"])
+    _run(["-c", LOAD_SCRIPT, trained["exported"], json.dumps(files), json.dumps(pairs), out, json.dumps(train_files)],
+         cwd=trained["base"])
     with np.load(out) as data:
         arrays = {k: data[k] for k in data.files}
     reference = _embed_files(trained["recipe"], files)  # the scoring stage's embeddings
-    return {"files": files, "pairs": pairs, "num_same": len(same), "reference": reference, **arrays}
+    return {"files": files, "pairs": pairs, "num_same": len(same), "reference": reference,
+            "train_files": train_files, **arrays}
 
 
 def _strict_hooks(pretrainer):
@@ -239,14 +249,14 @@ def test_model_card_has_training_config_and_results(trained):
     card = (trained["exported"] / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: speechbrain")
     assert "# tiny-sphereface2" in card
-    assert "| loss block | sphereface2_c |" in card and "| epochs | 4 |" in card
+    assert "| loss block | sphereface2_c |" in card and "| epochs | 20 |" in card
     assert "| embedding dimension | 64 |" in card and "| training classes | 30 |" in card
     name, values = next(iter(trained["results"].items()))
     row = f"| {name} | {values['trials']} | {values['eer_percent']:.3f} | {values['min_dcf_0.01']:.4f} |"
     assert row in card
     assert str(trained["base"]) not in card  # no local paths on the hub
     config = training_config(trained["model_folder"])
-    assert config["number_of_epochs"] == 4 and config["averaged_epochs"] == [3, 4]
+    assert config["number_of_epochs"] == 20 and config["averaged_epochs"] == [19, 20]
 
 
 @pytest.mark.slow
@@ -281,16 +291,34 @@ def test_verify_files_scores_equal_recipe_scores(trained, loaded):
 
 
 @pytest.mark.slow
-def test_verify_files_ranks_same_speaker_above_different(loaded):
+def test_exported_head_names_the_training_speakers(trained, loaded):
+    """EncoderClassifier.classify_batch of the export (embedding model, head and label
+    encoder together) names the speaker of the training segments: measured 0.84 of 120;
+    a head that is not the trained one is right about 1 time in 30."""
+    truth = [Path(f).relative_to(trained["tree"].root).parts[0] for f in loaded["train_files"]]
+    accuracy = np.mean([str(label) == speaker for label, speaker in zip(loaded["train_labels"], truth)])
+    assert accuracy > 0.6, accuracy
+
+
+@pytest.mark.slow
+def test_verify_files_ranks_held_out_pairs_better_than_the_untrained_model(trained, loaded):
     """20 held-out speakers never seen in training: 120 pairs of two segments of one recording
-    (same speaker) against 120 pairs of two speakers. The tiny model (30 training speakers, a
-    minute of training) ranks weakly but far above chance: measured AUC about 0.83-0.86; chance
-    0.5 with a standard deviation of 0.04 for 120 x 120 pairs."""
-    scores = loaded["verify"]
-    same, different = scores[: loaded["num_same"]], scores[loaded["num_same"]:]
-    auc = (same[:, None] > different[None, :]).mean()
-    assert auc > 0.75, (auc, same, different)
-    assert np.median(same) > np.median(different)
+    (same speaker) against 120 pairs of two speakers, scored by the export's verify_files and
+    by the same architecture at initialisation (random filters already rank these pairs far
+    above chance). Measured AUC: 0.895 exported against 0.754 untrained."""
+    def auc(scores):
+        same, different = scores[: loaded["num_same"]], scores[loaded["num_same"]:]
+        return (same[:, None] > different[None, :]).mean()
+
+    untrained = load_recipe_hparams(str(trained["base"] / "tiny_stage.yaml"), trained["override_map"], num_classes=30)
+    for name in ("compute_features", "mean_var_norm", "embedding_model"):
+        untrained[name].eval()
+    embeddings = _embed_files(untrained, loaded["files"])
+    index = {f: k for k, f in enumerate(loaded["files"])}
+    a = embeddings[[index[x] for x, _ in loaded["pairs"]]]
+    b = embeddings[[index[y] for _, y in loaded["pairs"]]]
+    baseline = auc((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1))
+    assert auc(loaded["verify"]) > baseline + 0.07, (auc(loaded["verify"]), baseline)
 
 
 @pytest.mark.slow
@@ -328,7 +356,8 @@ def test_finetune_from_exported_folder_on_new_speakers(trained):
     head = torch.load(model_folder / "classifier.ckpt")
     assert head["weight"].shape[0] == len(new_speakers)
     bias = torch.load(model_folder / "compute_cost.ckpt")["bias"]
-    expected = closed_form_bias(len(new_speakers), scale=32.0, margin=0.2, lambda_=0.7, t=3.0)
+    # The closed form at the starting margin: finetune_pretrained.yaml ramps 0 -> 0.2 from epoch 1.
+    expected = closed_form_bias(len(new_speakers), scale=32.0, margin=0.0, lambda_=0.7, t=3.0)
     assert abs(float(bias) - float(expected)) < 1e-3
     exported = trained["base"] / "finetuned_exported"
     result = _run([EXPORT, model_folder, exported, "--verify-files",
