@@ -115,6 +115,7 @@ def test_speechbrain_from_hparams_refuses_a_damaged_export(damage, exported_for_
     assert _EXPECTED[damage] in _assert_one_line_error(result, path)
 
 
+@_pytest.mark.slow
 def test_speechbrain_from_hparams_loads_the_intact_export(exported_for_faults, tmp_path):
     result = _run_python(["-c", _FROM_HPARAMS, exported_for_faults, tmp_path / "savedir"])
     assert result.returncode == 0 and result.stdout.strip().endswith("loaded"), result.stderr[-3000:]
