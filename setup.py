@@ -12,7 +12,7 @@ setup(
         "speechbrain==1.1.2",
         "torch>=2.7.1,<=2.14.1",
         "torchaudio>=2.7.1,<=2.11.0",
-        "torchvision",
+        "torchvision<=0.29.1",
         "hyperpyyaml>=1.2.2",
         "numpy>=1.24",
         "scipy>=1.10",

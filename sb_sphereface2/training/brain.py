@@ -28,6 +28,37 @@ class NonFiniteBatchError(ValueError):
     """The network produced non-finite values for a batch (names its utterances)."""
 
 
+def raw_cosine_statistics(cosines, labels):
+    """Sums over a batch of the raw-cosine training statistics: [errors, own-class cosine,
+    mean other-class cosine, samples]. An error is an argmax of the cosines that is not the
+    label: the margin does not move it.
+
+    Arguments
+    ---------
+    cosines : torch.Tensor
+        Head outputs [B, 1, C] or [B, C].
+    labels : torch.Tensor
+        Labels [B, 1] or [B].
+
+    Returns
+    -------
+    torch.Tensor
+        float [4].
+
+    Example
+    -------
+    >>> cos = torch.tensor([[0.9, 0.1, -0.2], [0.3, 0.5, 0.1]])
+    >>> [round(x, 4) for x in raw_cosine_statistics(cos, torch.tensor([0, 0])).tolist()]
+    [1.0, 1.2, 0.25, 2.0]
+    """
+    cos = cosines.detach().reshape(cosines.shape[0], -1).float()
+    labels = labels.reshape(-1).long()
+    own = cos.gather(1, labels[:, None]).squeeze(1)
+    others = (cos.sum(dim=1) - own) / max(1, cos.shape[1] - 1)
+    errors = (cos.argmax(dim=1) != labels).sum().float()
+    return torch.stack([errors, own.sum(), others.sum(), torch.tensor(float(len(labels)), device=cos.device)])
+
+
 class SpeakerBrain(sb.core.Brain):
     """Speaker-embedding training: per-iteration margin and lr schedules, raw-cosine
     training statistics, validation EER on held-out speakers, epoch checkpoints.
@@ -146,16 +177,7 @@ class SpeakerBrain(sb.core.Brain):
             )
 
     def _count(self, predictions, spkid):
-        """Raw-cosine statistics of a training batch: errors, own-class and other-class cosines."""
-        cos = predictions.reshape(predictions.shape[0], -1).float()
-        labels = spkid.reshape(-1).long()
-        own = cos.gather(1, labels[:, None]).squeeze(1)
-        others = (cos.sum(dim=1) - own) / max(1, cos.shape[1] - 1)
-        totals = torch.stack([
-            (cos.argmax(dim=1) != labels).sum().float(), own.sum(), others.sum(),
-            torch.tensor(float(len(labels)), device=cos.device),
-        ])
-        self.train_totals += totals.detach().double().cpu()
+        self.train_totals += raw_cosine_statistics(predictions, spkid).double().cpu()
 
     # --- stages ------------------------------------------------------------------------
 
@@ -178,6 +200,7 @@ class SpeakerBrain(sb.core.Brain):
             }
             self.epoch_meta = {
                 "epoch": epoch,
+                "iterations": self.optimizer_step,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "margin": float(self.hparams.compute_cost.margin),
                 "seconds": round(seconds, 1),
