@@ -150,21 +150,22 @@ def training_input(hparams, train_csv, encoder, batch_size):
 
 
 def load_pretrained(hparams, folder):
-    """Load the embedding model, the head and the loss state of a model folder."""
-    for name in ("embedding_model", "classifier", "compute_cost"):
-        path = os.path.join(folder, f"{name}.ckpt")
-        if name == "compute_cost" and not os.path.isfile(path):
-            continue
-        state = torch.load(path, map_location="cpu")
-        hparams[name].load_state_dict(state)
+    """Stage 2: load the embedding model, the head and the loss state of stage 1's model
+    folder, strictly (one-line error naming a wrong or damaged file)."""
+    from sb_sphereface2.pretrained.initialise import initialise_from_model_folder
+
+    loaded = initialise_from_model_folder(hparams, folder)
+    logger.info("initialised %s from %s", ", ".join(sorted(loaded)), folder)
 
 
 def init_encoder(hparams, source):
     """Fine-tuning a pretrained speaker model on new speakers: load only its embedding model
     (strict), keep the new head (closed-form bias) built for the new classes."""
-    from sb_sphereface2.pretrained.export import init_encoder_from
+    from sb_sphereface2.pretrained.initialise import initialise_encoder_from
 
-    path = init_encoder_from(hparams["embedding_model"], source, savedir=os.path.join(hparams["output_folder"], "init_encoder"))
+    path = initialise_encoder_from(
+        hparams["embedding_model"], source, savedir=os.path.join(hparams["output_folder"], "init_encoder")
+    )
     logger.info("embedding model initialised from %s", path)
 
 
@@ -183,6 +184,8 @@ def bias_at_starting_margin(hparams):
 
 def average_into_model_folder(brain, hparams, stage_file, overrides, num_classes, encoder_path):
     """Average the last epoch checkpoints and write the model folder (main process)."""
+    from sb_sphereface2.pretrained.card import training_hparams_text
+
     checkpoints = brain.checkpointer.find_checkpoints(
         max_num_checkpoints=hparams["average_last"], ckpt_predicate=lambda c: "epoch" in c.meta
     )
@@ -194,13 +197,11 @@ def average_into_model_folder(brain, hparams, stage_file, overrides, num_classes
         if not list(module.parameters()) and not list(module.buffers()):
             continue
         states[name] = average_checkpoints(checkpoints, name)
-    text = inference_hparams_yaml(stage_file, overrides, num_classes=num_classes)
-    composed = compose_hparams_yaml(stage_file, {**overrides, "num_classes": num_classes})
     epochs = sorted(int(c.meta["epoch"]) for c in checkpoints)
-    note = f"# averaged epochs: {epochs}\n"
     write_model_folder(
-        hparams["model_folder"], text, states, encoder_path,
-        extra_files={"train_hparams.yaml": note + composed},
+        hparams["model_folder"], inference_hparams_yaml(stage_file, overrides, num_classes=num_classes),
+        states, encoder_path,
+        extra_files={"train_hparams.yaml": training_hparams_text(stage_file, overrides, epochs, num_classes)},
     )
     logger.info("averaged epochs %s into %s", epochs, hparams["model_folder"])
 
