@@ -3,7 +3,6 @@ prepare -> train -> large-margin fine-tune -> score, with a tiny model; resume a
 one-line errors for bad input. (LibriSpeech, CC BY 4.0.)"""
 
 import json
-import os
 import signal
 import subprocess
 import sys

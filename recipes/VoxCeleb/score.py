@@ -27,7 +27,6 @@ import csv
 import glob
 import os
 import sys
-import tempfile
 
 import numpy as np
 import speechbrain as sb
@@ -52,14 +51,9 @@ from sb_sphereface2.scoring.trial_checks import check_trial_list
 def load_model(model_folder, device="cpu"):
     """The model folder's ``compute_features``, ``mean_var_norm`` and ``embedding_model``,
     loaded offline by SpeechBrain's ``SpeakerRecognition`` (the one place that loads the model)."""
-    from sb_sphereface2.pretrained.folder import check_model_folder
-    from speechbrain.inference.speaker import SpeakerRecognition
+    from sb_sphereface2.pretrained.folder import load_for_inference
 
-    check_model_folder(model_folder)
-    with tempfile.TemporaryDirectory(prefix="sb_sphereface2_model_") as savedir:
-        model = SpeakerRecognition.from_hparams(
-            source=os.path.abspath(model_folder), savedir=savedir, run_opts={"device": device}
-        )
+    model = load_for_inference(model_folder, device=device)  # strict, even for 0.1.0 folders
     return model.mods.compute_features, model.mods.mean_var_norm, model.mods.embedding_model
 
 

@@ -43,6 +43,7 @@ from sb_sphereface2.data.trials import read_trials
 from sb_sphereface2.files import write_text_atomic
 from sb_sphereface2.hparams import compose_hparams_yaml, parse_overrides, peek_hparams
 from sb_sphereface2.losses.margins import closed_form_bias
+from sb_sphereface2.pretrained.initialise import initialise_from_model_folder
 from sb_sphereface2.pretrained.folder import check_model_folder, inference_hparams_yaml, write_model_folder
 from sb_sphereface2.training.brain import SpeakerBrain
 
@@ -149,15 +150,6 @@ def training_input(hparams, train_csv, encoder, batch_size):
     return loader, {}
 
 
-def load_pretrained(hparams, folder):
-    """Stage 2: load the embedding model, the head and the loss state of stage 1's model
-    folder, strictly (one-line error naming a wrong or damaged file)."""
-    from sb_sphereface2.pretrained.initialise import initialise_from_model_folder
-
-    loaded = initialise_from_model_folder(hparams, folder)
-    logger.info("initialised %s from %s", ", ".join(sorted(loaded)), folder)
-
-
 def init_encoder(hparams, source):
     """Fine-tuning a pretrained speaker model on new speakers: load only its embedding model
     (strict), keep the new head (closed-form bias) built for the new classes."""
@@ -234,7 +226,8 @@ def main(argv):
         write_text_atomic(os.path.join(settings["output_folder"], "hyperparams.yaml"), composed)
     hparams = load_hyperpyyaml(composed)
     if settings.get("pretrained_model"):
-        load_pretrained(hparams, settings["pretrained_model"])
+        loaded = initialise_from_model_folder(hparams, settings["pretrained_model"])  # strict
+        logger.info("initialised %s from %s", ", ".join(sorted(loaded)), settings["pretrained_model"])
     else:
         bias_at_starting_margin(hparams)
     if settings.get("init_encoder_from"):

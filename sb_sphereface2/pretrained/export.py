@@ -49,9 +49,6 @@ from sb_sphereface2.pretrained.folder import (
 
 __all__ = ["mean_embedding", "export_model"]
 
-# The 0.1.0 name of load_model_folder (recipes/VoxCeleb/noisy_labels.py still uses it).
-load_model_modules = load_model_folder
-
 
 def mean_embedding(folder, train_embeddings=None, train_csv=None, max_utterances=None, progress=True):
     """The training-set mean embedding, float64 [D], as the scoring stage subtracts it.
