@@ -13,24 +13,34 @@ The package map (``docs/architecture.md`` has the whole picture):
 - ``files``: atomic writes and content fingerprints
 """
 
+import importlib
+
 from sb_sphereface2 import _compat
-from sb_sphereface2.losses.aam import AAMLoss
-from sb_sphereface2.losses.margins import closed_form_bias
-from sb_sphereface2.losses.sphereface2 import SphereFace2Loss
-from sb_sphereface2.models.head import SphereFace2Head
-from sb_sphereface2.models.resnet import ResNet
-from sb_sphereface2.training.lr_schedule import WarmupExponentialLR
-from sb_sphereface2.training.margin_scheduler import MarginScheduler
 
 _compat.install(__name__)
 
-__all__ = [
-    "AAMLoss",
-    "MarginScheduler",
-    "ResNet",
-    "SphereFace2Head",
-    "SphereFace2Loss",
-    "WarmupExponentialLR",
-    "closed_form_bias",
-]
+# The main classes, importable from the package (``!new:sb_sphereface2.SphereFace2Loss``).
+# They load on first use, so that tools which need no torch (data preparation) start fast.
+_EXPORTS = {
+    "AAMLoss": "sb_sphereface2.losses.aam",
+    "MarginScheduler": "sb_sphereface2.training.margin_scheduler",
+    "ResNet": "sb_sphereface2.models.resnet",
+    "SphereFace2Head": "sb_sphereface2.models.head",
+    "SphereFace2Loss": "sb_sphereface2.losses.sphereface2",
+    "WarmupExponentialLR": "sb_sphereface2.training.lr_schedule",
+    "closed_form_bias": "sb_sphereface2.losses.margins",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.2.0"
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))

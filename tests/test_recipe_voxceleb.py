@@ -3,7 +3,6 @@ prepare -> train -> large-margin fine-tune -> score, with a tiny model; resume a
 one-line errors for bad input. (LibriSpeech, CC BY 4.0.)"""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,8 +19,8 @@ SCORE = ROOT / "recipes" / "VoxCeleb" / "score.py"
 TINY_SETTINGS = {
     "device": "cpu", "num_workers": 0, "augment": False, "speed_perturb": False,
     "n_mels": 40, "resnet_channels": "[8,8,16,16]", "resnet_blocks": "[1,1,1,1]", "emb_dim": 64,
-    "batch_size": 32, "dev_speakers": 4, "dev_trials": 60, "warmup_epochs": 0,
-    "lr": 0.05, "final_lr": 0.01, "margin_start_epoch": 0, "margin_fix_epoch": 1,
+    "batch_size": 32, "dev_speakers": 20, "dev_trials": 400, "warmup_epochs": 0,
+    "lr": 0.05, "final_lr": 0.01, "margin_start_epoch": 1, "margin_fix_epoch": 2,
 }
 
 
@@ -42,6 +41,18 @@ def run(script, *args, check=True, timeout=900):
     if check and result.returncode != 0:
         raise AssertionError(f"{script.name} failed:\n{result.stderr[-4000:]}")
     return result
+
+
+def log_fields(output_folder):
+    """The train log as one dict per epoch line: {"epoch": 1.0, "margin": 0.1, ...}."""
+    rows = []
+    for line in (Path(output_folder) / "train_log.txt").read_text().splitlines():
+        fields = {}
+        for part in line.replace(" - ", ", ").split(", "):
+            key, value = part.rsplit(": ", 1)
+            fields[key] = float(value)
+        rows.append(fields)
+    return rows
 
 
 def epochs_logged(output_folder):
@@ -67,9 +78,21 @@ def test_training_writes_an_averaged_model_folder(stage1):
                  "label_encoder.ckpt", "label_encoder.txt", "train_hparams.yaml"):
         assert (model / name).is_file(), name
     assert epochs_logged(stage1) == [1, 2]
-    log = (stage1 / "train_log.txt").read_text()
-    assert "valid EER" in log
+    rows = log_fields(stage1)
+    for row in rows:
+        # validation EER on held-out speakers, raw-cosine error and the mean cosines
+        assert {"valid EER", "valid minDCF", "train error", "train cos_own", "train cos_other",
+                "iterations", "utt_per_s"} <= set(row), row
     assert "averaged epochs: [1, 2]" in (model / "train_hparams.yaml").read_text()
+    # the run folder holds the composed hyperparameters it ran with, overrides and the
+    # number of classes written in: plain hyperpyyaml loads them
+    from hyperpyyaml import load_hyperpyyaml
+
+    with open(stage1 / "hyperparams.yaml") as handle:
+        ran = load_hyperpyyaml(handle)
+    classes = len((model / "label_encoder.txt").read_text().split("=> ")) - 2
+    assert (ran["num_classes"], ran["emb_dim"], ran["output_folder"]) == (classes, 64, str(stage1))
+    assert ran["classifier"].weight.shape == (classes, 64)
     # trial speakers were removed from training
     train_csv = (stage1 / "data" / "train.csv").read_text()
     test_csv = (stage1 / "data" / "test.csv").read_text().splitlines()[1:]
@@ -84,8 +107,7 @@ def test_finetune_and_score(stage1, librispeech_voxceleb_tree, tmp_path):
     run(TRAIN, "hparams/finetune.yaml", *TINY, f"--data_folder={tree.root}", f"--trial_lists={trials}",
         f"--output_folder={lmf}", f"--pretrained_model={stage1 / 'model'}", "--number_of_epochs=1",
         "--crop_seconds=2.5")
-    log = (lmf / "train_log.txt").read_text()
-    assert "margin: 3.00e-01" in log  # the fixed large margin of SphereFace2-C
+    assert [row["margin"] for row in log_fields(lmf)] == [0.3]  # the fixed large margin of SphereFace2-C
     assert (lmf / "model" / "embedding_model.ckpt").is_file()
     # the head kept the classes of stage 1
     assert (lmf / "model" / "label_encoder.txt").read_text() == (stage1 / "model" / "label_encoder.txt").read_text()
@@ -106,7 +128,9 @@ def test_finetune_and_score(stage1, librispeech_voxceleb_tree, tmp_path):
 
 def test_kill_and_rerun_resumes(librispeech_voxceleb_tree, tmp_path):
     """SIGKILL during epoch 2 of 3; the same command again continues from epoch 1's
-    checkpoint (margin-scheduler state included) and finishes."""
+    checkpoint and finishes, the margin and lr schedules where they stopped."""
+    from sb_sphereface2 import MarginScheduler, WarmupExponentialLR
+
     tree = librispeech_voxceleb_tree
     out = tmp_path / "resume"
     args = [sys.executable, str(TRAIN), "hparams/train.yaml", *tiny(margin_fix_epoch=3, dev_speakers=0),
@@ -122,10 +146,17 @@ def test_kill_and_rerun_resumes(librispeech_voxceleb_tree, tmp_path):
 
     subprocess.run(args, cwd=ROOT, check=True, capture_output=True, timeout=900)
     assert epochs_logged(out) == [1, 2, 3]
-    log = (out / "train_log.txt").read_text().splitlines()
-    margins = [float(line.split("margin: ")[1].split(" ")[0]) for line in log]
-    # the exp ramp over epochs 0..3 continued where it stopped
-    assert margins[0] < margins[1] < margins[2] == pytest.approx(0.2), log
+    rows = log_fields(out)
+    per_epoch = rows[0]["iterations"]
+    assert [row["iterations"] for row in rows] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+    # the values in force at each epoch's last iteration are the uninterrupted schedules'
+    margin = MarginScheduler(final_margin=0.2, start_epoch=1, fix_epoch=3)
+    lr = WarmupExponentialLR(0.05, 0.01, warmup_epochs=0, total_epochs=3, total_batch=32)
+    for row in rows:
+        last = int(row["iterations"]) - 1
+        assert row["margin"] == pytest.approx(margin(last, per_epoch), rel=1e-2)  # the log keeps 3 digits
+        assert row["lr"] == pytest.approx(lr(last, per_epoch), rel=1e-2)
+    assert 0 < rows[0]["margin"] < rows[2]["margin"] == 0.2
     assert (out / "model" / "embedding_model.ckpt").is_file()
 
 

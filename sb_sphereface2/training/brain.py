@@ -12,12 +12,12 @@ mean cosine with the own class and with the other classes.
 """
 
 import logging
-import time
 
 import numpy as np
 import speechbrain as sb
 import torch
 
+from sb_sphereface2.data.throughput import ThroughputMeter, show_on_progress_bar
 from sb_sphereface2.scoring.metrics import compute_eer, compute_min_dcf
 from sb_sphereface2.scoring.trial_scores import score_trials
 
@@ -26,6 +26,37 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteBatchError(ValueError):
     """The network produced non-finite values for a batch (names its utterances)."""
+
+
+def raw_cosine_statistics(cosines, labels):
+    """Sums over a batch of the raw-cosine training statistics: [errors, own-class cosine,
+    mean other-class cosine, samples]. An error is an argmax of the cosines that is not the
+    label: the margin does not move it.
+
+    Arguments
+    ---------
+    cosines : torch.Tensor
+        Head outputs [B, 1, C] or [B, C].
+    labels : torch.Tensor
+        Labels [B, 1] or [B].
+
+    Returns
+    -------
+    torch.Tensor
+        float [4].
+
+    Example
+    -------
+    >>> cos = torch.tensor([[0.9, 0.1, -0.2], [0.3, 0.5, 0.1]])
+    >>> [round(x, 4) for x in raw_cosine_statistics(cos, torch.tensor([0, 0])).tolist()]
+    [1.0, 1.2, 0.25, 2.0]
+    """
+    cos = cosines.detach().reshape(cosines.shape[0], -1).float()
+    labels = labels.reshape(-1).long()
+    own = cos.gather(1, labels[:, None]).squeeze(1)
+    others = (cos.sum(dim=1) - own) / max(1, cos.shape[1] - 1)
+    errors = (cos.argmax(dim=1) != labels).sum().float()
+    return torch.stack([errors, own.sum(), others.sum(), torch.tensor(float(len(labels)), device=cos.device)])
 
 
 class SpeakerBrain(sb.core.Brain):
@@ -44,6 +75,13 @@ class SpeakerBrain(sb.core.Brain):
 
     dev_trials = None
     iterations_per_epoch = None
+    progress_every = 20  # batches between throughput updates of the progress bar
+
+    def fit(self, epoch_counter, train_set, valid_set=None, *args, **kwargs):
+        # A prebuilt loader (the shard path) does not go through make_dataloader.
+        if isinstance(train_set, torch.utils.data.DataLoader):
+            self.iterations_per_epoch = len(train_set)
+        return super().fit(epoch_counter, train_set, valid_set, *args, **kwargs)
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
         loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
@@ -98,6 +136,7 @@ class SpeakerBrain(sb.core.Brain):
     # --- schedules -------------------------------------------------------------------
 
     def on_fit_batch_start(self, batch, should_step):
+        self.throughput.batch_start(batch)
         iteration = self.optimizer_step  # optimizer steps done so far: this iteration's index
         self.hparams.margin_scheduler.step(self.hparams.compute_cost, iteration, self.iterations_per_epoch)
         scheduler = self.hparams.lr_scheduler
@@ -108,6 +147,9 @@ class SpeakerBrain(sb.core.Brain):
         scheduler = self.hparams.lr_scheduler
         if should_step and hasattr(scheduler, "on_batch_end"):
             scheduler.on_batch_end(self.optimizer)
+        self.throughput.batch_end(self.device)
+        if self.step % self.progress_every == 0:
+            show_on_progress_bar(self.throughput.text())
 
     # --- forward and objectives ------------------------------------------------------
 
@@ -146,30 +188,21 @@ class SpeakerBrain(sb.core.Brain):
             )
 
     def _count(self, predictions, spkid):
-        """Raw-cosine statistics of a training batch: errors, own-class and other-class cosines."""
-        cos = predictions.reshape(predictions.shape[0], -1).float()
-        labels = spkid.reshape(-1).long()
-        own = cos.gather(1, labels[:, None]).squeeze(1)
-        others = (cos.sum(dim=1) - own) / max(1, cos.shape[1] - 1)
-        totals = torch.stack([
-            (cos.argmax(dim=1) != labels).sum().float(), own.sum(), others.sum(),
-            torch.tensor(float(len(labels)), device=cos.device),
-        ])
-        self.train_totals += totals.detach().double().cpu()
+        self.train_totals += raw_cosine_statistics(predictions, spkid).double().cpu()
 
     # --- stages ------------------------------------------------------------------------
 
     def on_stage_start(self, stage, epoch=None):
         if stage == sb.Stage.TRAIN:
             self.train_totals = torch.zeros(4, dtype=torch.float64)
-            self.stage_started = time.time()
+            self.throughput = ThroughputMeter()
         else:
             self.valid_ids, self.valid_embeddings = [], []
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
             errors, own, others, count = self._reduced(self.train_totals).tolist()
-            seconds = time.time() - self.stage_started
+            speed = self.throughput.summary()
             self.train_stats = {
                 "loss": stage_loss,
                 "error": errors / max(1.0, count),
@@ -178,11 +211,17 @@ class SpeakerBrain(sb.core.Brain):
             }
             self.epoch_meta = {
                 "epoch": epoch,
+                "iterations": self.optimizer_step,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "margin": float(self.hparams.compute_cost.margin),
-                "seconds": round(seconds, 1),
-                "utt_per_s": round(count / max(seconds, 1e-9), 1),
+                # this process's rates: where the epoch's time went (loader or step)
+                "epoch_s": round(speed["epoch_s"], 1),
+                "utt_per_s": round(speed["utt_per_s"], 1),
+                "step_utt_per_s": round(speed["step_utt_per_s"], 1),
+                "wait_share": round(speed["wait_share"], 3),
             }
+            if "loader_utt_per_s_per_core" in speed:
+                self.epoch_meta["loader_utt_per_s_per_core"] = round(speed["loader_utt_per_s_per_core"], 1)
             return
         valid = self.validation_metrics()
         self.checkpointer.save_and_keep_only(

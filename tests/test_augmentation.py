@@ -1,4 +1,5 @@
-"""MUSAN / RIR CSVs: legacy header, chunking of long files, use by speechbrain.augment."""
+"""Augmentation: MUSAN / RIR CSVs (legacy header, chunking, use by speechbrain.augment) and
+wespeaker's reverb-or-noise choice per utterance."""
 
 import csv
 
@@ -71,3 +72,42 @@ def test_bad_augmentation_input(tmp_path):
     with pytest.raises(ValueError, match="x.wav: unreadable audio file"):
         write_augment_csv(tmp_path / "bad", tmp_path / "out" / "bad.csv")
     assert not (tmp_path / "out" / "bad.csv").exists()
+
+
+class _Tag(torch.nn.Module):
+    """Replaces a transform: writes its tag into every sample it receives."""
+
+    def __init__(self, tag):
+        super().__init__()
+        self.tag = tag
+
+    def forward(self, wavs, lengths=None):
+        return torch.full_like(wavs, float(self.tag))
+
+
+def test_reverb_or_noise_proportions():
+    """wespeaker's choice per utterance: augmented with p = 0.6, then reverb or noise 50/50,
+    the noise category in proportion to MUSAN's file counts (930 noise, 426 speech, 660 music)."""
+    from sb_sphereface2.data.augmentation import ReverbOrNoise
+
+    torch.manual_seed(0)
+    augment = ReverbOrNoise("/nonexistent", augment_prob=0.6)
+    counts = torch.tensor([930.0, 426.0, 660.0])
+    augment._parts = (_Tag(1), {"noise": _Tag(2), "speech": _Tag(3), "music": _Tag(4)}, counts / counts.sum())
+    n = 20000
+    out, lengths = augment(torch.zeros(n, 3), torch.ones(n))
+    tags = out[:, 0]
+    assert bool((out == tags[:, None]).all()) and torch.equal(lengths, torch.ones(n))
+    share = {t: float((tags == t).float().mean()) for t in range(5)}
+    expected = {0: 0.4, 1: 0.3}
+    expected.update({2 + k: 0.3 * float(c / counts.sum()) for k, c in enumerate(counts)})
+    for tag, p in expected.items():  # 5 binomial standard deviations
+        assert abs(share[tag] - p) < 5 * (p * (1 - p) / n) ** 0.5, (tag, share[tag], p)
+
+
+def test_reverb_or_noise_reads_its_csvs_lazily_and_names_a_missing_one(tmp_path):
+    from sb_sphereface2.data.augmentation import ReverbOrNoise
+
+    augment = ReverbOrNoise(tmp_path, augment_prob=1.0)  # nothing read yet
+    with pytest.raises(FileNotFoundError, match="musan_noise.csv"):
+        augment(torch.zeros(2, 100), torch.ones(2))
