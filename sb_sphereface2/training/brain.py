@@ -59,6 +59,30 @@ def raw_cosine_statistics(cosines, labels):
     return torch.stack([errors, own.sum(), others.sum(), torch.tensor(float(len(labels)), device=cos.device)])
 
 
+def sharded_raw_cosine_statistics(cosines, labels, start, num_classes):
+    """``raw_cosine_statistics`` of this process's samples when the head's classes are split
+    over the DDP processes: ``cosines`` [N * B, 1, C_local] are the whole batch's cosines
+    with this process's classes from ``start``; ``labels`` [B] are this process's."""
+    from sb_sphereface2.training.distributed import all_gather_rows, world_and_rank
+
+    world, rank = world_and_rank()
+    cos = cosines.detach().reshape(cosines.shape[0], -1).float()
+    labels = labels.reshape(-1).long()
+    every = all_gather_rows(labels)                     # [N * B], process order
+    local = every - start
+    here = (local >= 0) & (local < cos.shape[1])
+    own = torch.where(here, cos.gather(1, local.clamp(0, cos.shape[1] - 1)[:, None]).squeeze(1), 0.0)
+    parts = torch.stack([own, cos.sum(dim=1), cos.max(dim=1).values])  # [3, N * B]
+    gathered = all_gather_rows(parts.unsqueeze(0))      # [N, 3, N * B]
+    own, sums = gathered[:, 0].sum(0), gathered[:, 1].sum(0)
+    best = gathered[:, 2].max(0).values
+    rows = slice(rank * len(labels), (rank + 1) * len(labels))
+    own, sums, best = own[rows], sums[rows], best[rows]
+    others = (sums - own) / max(1, num_classes - 1)
+    errors = (own < best).sum().float()
+    return torch.stack([errors, own.sum(), others.sum(), torch.tensor(float(len(labels)), device=cos.device)])
+
+
 class SpeakerBrain(sb.core.Brain):
     """Speaker-embedding training: per-iteration margin and lr schedules, raw-cosine
     training statistics, validation EER on held-out speakers, epoch checkpoints.
@@ -125,7 +149,7 @@ class SpeakerBrain(sb.core.Brain):
     def init_optimizers(self):
         super().init_optimizers()
         if self.checkpointer is not None and any(getattr(m, "is_sharded", False) for m in self.modules.values()):
-            from sb_sphereface2.losses.sharded import load_optimizer_per_process, save_optimizer_per_process
+            from sb_sphereface2.training.distributed import load_optimizer_per_process, save_optimizer_per_process
 
             # Each process's optimizer state covers its own head rows: one file per process.
             self.checkpointer.add_recoverable(
@@ -188,7 +212,12 @@ class SpeakerBrain(sb.core.Brain):
             )
 
     def _count(self, predictions, spkid):
-        self.train_totals += raw_cosine_statistics(predictions, spkid).double().cpu()
+        head = self.hparams.classifier
+        if getattr(head, "is_sharded", False) and head.world_size > 1:
+            totals = sharded_raw_cosine_statistics(predictions, spkid, head.start, head.num_classes)
+        else:
+            totals = raw_cosine_statistics(predictions, spkid)
+        self.train_totals += totals.double().cpu()
 
     # --- stages ------------------------------------------------------------------------
 
