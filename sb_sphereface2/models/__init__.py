@@ -1,1 +1,3 @@
-"""Models: the cosine head (``head``) and the paper's length-aware ResNet34 (``resnet``)."""
+"""Models: the cosine head (``head``) and its DDP-sharded variant (``sharded_head``), the
+paper's length-aware ResNet34 (``resnet``) and Kaldi-compatible batched fbank features
+(``features``)."""
