@@ -108,9 +108,12 @@ def test_draws_are_reproducible_per_epoch_differ_across_epochs_and_ignore_worker
     again = epoch_items(data, clock, 1, num_workers=2)  # other processes, other order
     assert first.keys() == again.keys()
     for key in first:
-        assert first[key][1] == again[key][1] and torch.equal(first[key][0], again[key][0])
+        # The same draws (crop, speed); resampling in a worker process (one thread) may
+        # round differently from the main process, so samples agree to float precision.
+        assert first[key][1] == again[key][1]
+        torch.testing.assert_close(first[key][0], again[key][0], rtol=0, atol=1e-5)
     second = epoch_items(data, clock, 2, num_workers=2)
-    changed = [key for key in first if not torch.equal(first[key][0], second[key][0])]
+    changed = [key for key in first if not torch.allclose(first[key][0], second[key][0], rtol=0, atol=1e-3)]
     assert len(changed) >= len(first) - 1
     other_seed = training_dataset(csv_path, encoder, crop_seconds=1.0, seed=6, epoch_source=clock)
     third = epoch_items(other_seed, clock, 1)

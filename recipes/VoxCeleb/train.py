@@ -188,7 +188,10 @@ def average_into_model_folder(brain, hparams, stage_file, overrides, num_classes
         module = hparams[name]  # (a sharded head's state_dict is a collective: not called here)
         if not list(module.parameters()) and not list(module.buffers()):
             continue
-        states[name] = average_checkpoints(checkpoints, name)
+        averaged = average_checkpoints(checkpoints, name)
+        # Batch-norm's step counters stay integers (averaging makes them float).
+        states[name] = {key: value.round().long() if key.endswith("num_batches_tracked") else value
+                        for key, value in averaged.items()}
     epochs = sorted(int(c.meta["epoch"]) for c in checkpoints)
     write_model_folder(
         hparams["model_folder"], inference_hparams_yaml(stage_file, overrides, num_classes=num_classes),
