@@ -9,17 +9,31 @@ epoch ends with a validation stage: embeddings of the held-out speakers' utteran
 checkpoint. The training log reports, besides the loss, the classification error of the
 raw cosines (argmax of the cosines against the label: unaffected by the margin) and the
 mean cosine with the own class and with the other classes.
+
+Resuming continues the uninterrupted run: the checkpoints also hold the random generators
+of every process (``RandomStates``) and, for mid-epoch checkpoints
+(``ckpt_interval_minutes`` / ``ckpt_interval_steps``), the epoch's running training
+statistics; the training loader draws its workers' seeds from its own generator,
+seeded from (seed, epoch, process), so that nothing draws from the restored global
+generators before the first batch. After recovery the train log keeps the lines of the
+epochs the checkpoint has done (a kill between checkpoint and log line is repaired from
+the checkpoint's meta, which holds the line's values).
 """
 
 import logging
+import os
 import time
 
 import numpy as np
 import speechbrain as sb
 import torch
+from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
+from speechbrain.utils.distributed import if_main_process
 
+from sb_sphereface2.files import write_text_atomic
 from sb_sphereface2.scoring.metrics import compute_eer, compute_min_dcf
 from sb_sphereface2.scoring.trial_scores import score_trials
+from sb_sphereface2.training.run_state import RandomStates, load_process_state, save_process_state
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +89,14 @@ class SpeakerBrain(sb.core.Brain):
 
     dev_trials = None
     iterations_per_epoch = None
+    loader_generator = None  # seeds the training loader's workers; reseeded every epoch
+    resumed_statistics = None  # this epoch's statistics so far, from a mid-epoch checkpoint
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        if stage == sb.Stage.TRAIN and loader_kwargs.get("generator") is None:
+            # Without a generator of its own, each new loader iterator draws a seed from
+            # torch's global generator, which a resumed run has just restored.
+            self.loader_generator = loader_kwargs["generator"] = torch.Generator()
         loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
             self.iterations_per_epoch = len(loader)
@@ -98,7 +118,13 @@ class SpeakerBrain(sb.core.Brain):
             self._wrap_for_ddp()
         self.init_optimizers()
         if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("random_states", RandomStates(), optional_load=True)
+            self.checkpointer.add_recoverable(
+                "train_statistics", self, custom_save_hook=_save_statistics,
+                custom_load_hook=_load_statistics, optional_load=True,
+            )
             self.checkpointer.recover_if_possible()
+            self._resume_train_log()
 
     def _wrap_for_ddp(self):
         from torch.nn.parallel import DistributedDataParallel
@@ -183,8 +209,11 @@ class SpeakerBrain(sb.core.Brain):
 
     def on_stage_start(self, stage, epoch=None):
         if stage == sb.Stage.TRAIN:
-            self.train_totals = torch.zeros(4, dtype=torch.float64)
-            self.stage_started = time.time()
+            resumed, self.resumed_statistics = self.resumed_statistics, None
+            self.train_totals = resumed["totals"] if resumed else torch.zeros(4, dtype=torch.float64)
+            self.stage_started = time.time() - (resumed["seconds"] if resumed else 0.0)
+            if self.loader_generator is not None:
+                self.loader_generator.manual_seed(self._loader_seed(epoch))
         else:
             self.valid_ids, self.valid_embeddings = [], []
 
@@ -208,15 +237,53 @@ class SpeakerBrain(sb.core.Brain):
             }
             return
         valid = self.validation_metrics()
+        line = _plain({"stats_meta": self.epoch_meta, "train_stats": self.train_stats, "valid_stats": valid or None})
         self.checkpointer.save_and_keep_only(
-            meta={"epoch": epoch, **valid},
+            meta={"epoch": epoch, **_plain(valid), "train_log": line},
             num_to_keep=self.hparams.average_last,
             ckpt_predicate=lambda c: "epoch" in c.meta,
         )
+        # The epoch's checkpoint replaces its mid-epoch ones.
+        self.checkpointer.delete_checkpoints(num_to_keep=0, ckpt_predicate=lambda c: INTRA_EPOCH_CKPT_FLAG in c.meta)
         # Logged after the checkpoint: an epoch in the log is an epoch a rerun resumes after.
-        self.hparams.train_logger.log_stats(
-            stats_meta=self.epoch_meta, train_stats=self.train_stats, valid_stats=valid or None
-        )
+        self._log_stats(line)
+
+    def _log_stats(self, line):
+        train_logger = self.hparams.train_logger
+        try:
+            train_logger.log_stats(**line)
+        except OSError as error:  # a write error names no file
+            raise OSError(error.errno, error.strerror, getattr(train_logger, "save_file", None)) from None
+
+    def _loader_seed(self, epoch):
+        seed = int(getattr(self.hparams, "seed", 0))
+        rank = torch.distributed.get_rank() if self.distributed_launch else 0
+        return ((seed * 1_000_003 + int(epoch or 0)) * 1_009 + rank) % 2**63
+
+    def _resume_train_log(self):
+        """Keep the train log's lines of the epochs that the recovered checkpoint has done
+        (a resumed run logs the others again); restore the line of its last epoch from
+        the checkpoint's meta when a kill came between the checkpoint and the line."""
+        train_logger = getattr(self.hparams, "train_logger", None)
+        path = getattr(train_logger, "save_file", None)
+        counter = getattr(self.hparams, "epoch_counter", None)
+        if path is None or counter is None or not if_main_process():
+            return
+        done = counter.current
+        lines = open(path, encoding="utf-8").read().splitlines(keepends=True) if os.path.isfile(path) else []
+        kept = [
+            line for line in lines  # a line cut by a kill has no newline
+            if line.endswith("\n") and (_logged_epoch(line) is None or _logged_epoch(line) <= done)
+        ]
+        if kept != lines:
+            write_text_atomic(path, "".join(kept))
+        if done and done not in {_logged_epoch(line) for line in kept}:
+            saved = self.checkpointer.find_checkpoints(
+                ckpt_predicate=lambda c: c.meta.get("epoch") == done and "train_log" in c.meta,
+                max_num_checkpoints=1,
+            )
+            if saved:
+                self._log_stats({**saved[0].meta["train_log"], "verbose": False})
 
     def _reduced(self, totals):
         """Sum statistics over DDP processes (each saw its own part of the epoch)."""
@@ -238,3 +305,44 @@ class SpeakerBrain(sb.core.Brain):
             "EER": 100.0 * compute_eer(scores, labels)[0],
             "minDCF": compute_min_dcf(scores, labels, p_target=0.01)[0],
         }
+
+
+def _save_statistics(brain, path):
+    """Checkpointer hook (every process): the epoch's training statistics so far."""
+    totals = getattr(brain, "train_totals", None)
+    started = getattr(brain, "stage_started", None)
+    save_process_state({
+        "totals": totals if totals is not None else torch.zeros(4, dtype=torch.float64),
+        "seconds": time.time() - started if started else 0.0,
+    }, path)
+
+
+def _load_statistics(brain, path, end_of_epoch):
+    """Checkpointer hook: a mid-epoch checkpoint's statistics continue the epoch."""
+    brain.resumed_statistics = None if end_of_epoch else load_process_state(path)
+
+
+def _logged_epoch(line):
+    """The epoch of a train-log line (``epoch: 3, ...``), or None."""
+    head = line.split(",", 1)[0]
+    if not head.startswith("epoch:"):
+        return None
+    try:
+        return int(head.split(":", 1)[1])
+    except ValueError:
+        return None
+
+
+def _plain(value):
+    """Numbers, strings, lists and dicts as plain Python values (for yaml meta files)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
