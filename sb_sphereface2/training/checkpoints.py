@@ -13,6 +13,8 @@ and the model-folder export work unchanged. What it changes:
   operating system's cause, and the earlier checkpoints stay as they were. Torch states are
   serialised in memory and written with ``sb_sphereface2.files.atomic_write``, so a full
   disk reports its cause (torch's own file writer only says "unexpected pos").
+- Deleting (``save_and_keep_only``): a checkpoint is renamed to a temporary name first, so
+  a kill during the deletion leaves no incomplete ``CKPT+`` folder either.
 - Recovery: checkpoints are tried newest first. One whose files do not read (truncated,
   empty or missing files, a damaged ``CKPT.yaml``: what a save interrupted by an older
   writer or a damaged disk leaves) is reported in one line and moved to ``<save>/broken/``
@@ -44,6 +46,7 @@ from speechbrain.utils.checkpoints import (
     PARAMFILE_EXT,
     Checkpoint,
     Checkpointer,
+    ckpt_recency,
     get_default_hook,
     hook_on_loading_state_dict_checkpoint,
     torch_recovery,
@@ -180,6 +183,33 @@ class SafeCheckpointer(Checkpointer):
         logger.log(verbosity, "Saved a checkpoint in %s", final)
         paramfiles = {key: final / Path(path).name for key, path in written.paramfiles.items()}
         return Checkpoint(final, written.meta, paramfiles)
+
+    def delete_checkpoints(self, *, num_to_keep=1, min_keys=None, max_keys=None, importance_keys=[ckpt_recency],
+                           ckpt_predicate=None, verbosity=logging.INFO):
+        """As SpeechBrain's (for each key, the ``num_to_keep`` most important checkpoints
+        that pass ``ckpt_predicate`` are kept, the others deleted), but a checkpoint is
+        renamed to a temporary name before it is removed: a kill during the deletion leaves
+        no incomplete ``CKPT+`` folder."""
+        if num_to_keep < 0:
+            raise ValueError("Number of checkpoints to keep must be positive.")
+        keys = [{"min_key": key} for key in min_keys or []] + [{"max_key": key} for key in max_keys or []]
+        keys += [{"importance_key": key} for key in importance_keys]
+        candidates, kept = set(), set()
+        for key in keys:
+            candidates.update(c.path for c in self.find_checkpoints(ckpt_predicate=ckpt_predicate, **key))
+            kept.update(c.path for c in self.find_checkpoints(
+                max_num_checkpoints=num_to_keep, ckpt_predicate=ckpt_predicate, **key))
+        ddp_barrier()  # no process is saving meanwhile
+        self._remove(sorted(candidates - kept), verbosity)
+        ddp_barrier()
+
+    @main_process_only
+    def _remove(self, paths, verbosity):
+        for path in paths:
+            doomed = temporary_path(path, "old")
+            os.replace(path, doomed)
+            shutil.rmtree(doomed)
+            logger.log(verbosity, "Deleted checkpoint in %s", path)
 
     # --- recovery ------------------------------------------------------------------
 
