@@ -17,6 +17,7 @@ setup(
         "numpy>=1.24",
         "scipy>=1.10",
         "scikit-learn>=1.2",
+        "filelock>=3.0",
         "sentencepiece",
         "soundfile>=0.12",
         "matplotlib>=3.7",

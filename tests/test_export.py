@@ -1,11 +1,13 @@
-"""Export to SpeechBrain's pretrained-folder format, loading it offline, and fine-tuning from it.
+"""Export to SpeechBrain's pretrained-folder format, loading it offline (strictly), and
+fine-tuning from it.
 
-One tiny ResNet is trained once per module (real speech cut from librispeech-mini, 30
-speakers, 4 epochs) with the recipe's own command (train.yaml with Adam); the scoring stage (recipe modules,
-:func:`sb_sphereface2.scoring.embed.embed_waveform`, :func:`sb_sphereface2.scoring.trial_scores.score_trials`)
-is run here and compared with what SpeechBrain's ``SpeakerRecognition`` and
+Tests marked slow share one tiny ResNet trained once per module (real speech cut from
+librispeech-mini, 30 speakers, 20 epochs) with the recipe's own command (train.yaml with
+Adam); the scoring stage (recipe modules,
+:func:`sb_sphereface2.scoring.embed.embed_waveform`,
+:func:`sb_sphereface2.scoring.trial_scores.score_trials`) is run here and compared with what SpeechBrain's ``SpeakerRecognition`` and
 ``EncoderClassifier`` compute from the exported folder in a separate process with the hub
-offline.
+offline. The others use the folders 0.1.0 wrote (``tests/fixtures``).
 """
 
 import itertools
@@ -23,22 +25,24 @@ import torch
 
 from sb_sphereface2.data.dataio import utterance_dataset
 from sb_sphereface2.scoring.embed import embed_dataset, embed_waveform
-from sb_sphereface2.pretrained.export import (
+from sb_sphereface2.pretrained.card import training_config
+from sb_sphereface2.pretrained.checkpoint import CheckpointError, load_strictly
+from sb_sphereface2.pretrained.export import export_model, mean_embedding
+from sb_sphereface2.pretrained.folder import (
     MEAN_FILE,
-    check_pretrained_folder,
-    export_model,
-    init_encoder_from,
-    load_pretrained,
-    mean_embedding,
-    training_config,
+    check_model_folder,
+    load_for_inference,
+    load_model_folder,
 )
+from sb_sphereface2.pretrained.initialise import initialise_encoder_from, initialise_from_model_folder
 from sb_sphereface2.scoring.embeddings_io import save_embeddings
-from sb_sphereface2.hparams import compose_hparams_yaml, load_recipe_hparams, peek_hparams
+from sb_sphereface2.hparams import load_recipe_hparams, peek_hparams
 from sb_sphereface2.scoring.trial_scores import evaluate, score_trials, write_results
 from sb_sphereface2.losses.margins import closed_form_bias
 from sb_sphereface2.data.trials import TrialList, read_trials
 
 REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
 TRAIN = REPO / "recipes" / "VoxCeleb" / "train.py"
 EXPORT = REPO / "recipes" / "VoxCeleb" / "export.py"
 TINY = ["--resnet_channels=[8,8,16,16]", "--resnet_blocks=[1,1,1,1]", "--n_mels=24", "--emb_dim=64"]
@@ -112,7 +116,7 @@ def trained(librispeech_voxceleb_tree, tmp_path_factory):
     out = base / "run"
     stage = base / "tiny_stage.yaml"
     stage.write_text(TINY_STAGE.format(train_yaml=REPO / "hparams" / "train.yaml"))
-    overrides = ["--number_of_epochs=4", "--margin=0.0", "--margin_start_epoch=0", "--margin_fix_epoch=0",
+    overrides = ["--number_of_epochs=20", "--margin=0.0", "--margin_start_epoch=0", "--margin_fix_epoch=0",
                  "--average_last=2"]
     _run([TRAIN, stage, f"--data_folder={data}", f"--output_folder={out}", *COMMON, *TINY, *overrides], cwd=REPO)
     model_folder = out / "model"
@@ -138,7 +142,7 @@ def trained(librispeech_voxceleb_tree, tmp_path_factory):
           "--train-embeddings", base / "train_emb.npz", "--name", "tiny-sphereface2"], cwd=REPO)
     return {
         "tree": tree, "base": base, "data": data, "out": out, "model_folder": model_folder,
-        "recipe": recipe, "mean": mean, "train_emb": train_emb, "results": results, "exported": exported,
+        "recipe": recipe, "override_map": override_map, "mean": mean, "train_emb": train_emb, "results": results, "exported": exported,
     }
 
 
@@ -148,6 +152,7 @@ import numpy as np, torch
 from speechbrain.inference.classifiers import EncoderClassifier
 from speechbrain.inference.speaker import SpeakerRecognition
 folder, files, pairs, out = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
+train_files = json.loads(sys.argv[5])
 result = {}
 for cls, some in ((SpeakerRecognition, files), (EncoderClassifier, files[:8])):
     model = cls.from_hparams(source=folder)
@@ -160,6 +165,10 @@ for cls, some in ((SpeakerRecognition, files), (EncoderClassifier, files[:8])):
     result[cls.__name__ + "_label"] = np.array(label)
     if cls is SpeakerRecognition:
         result["verify"] = np.array([float(model.verify_files(a, b)[0]) for a, b in pairs])
+    else:
+        with torch.no_grad():
+            result["train_labels"] = np.array([model.classify_batch(model.load_audio(f)[None])[3][0]
+                                               for f in train_files])
 np.savez(out, **result)
 """
 
@@ -177,45 +186,80 @@ def loaded(trained):
                  for a, b in zip(speakers, speakers[1:] + speakers[:1]) for x, y in combos]
     pairs = [(str(a), str(b)) for a, b in same + different]
     files = sorted({f for pair in pairs for f in pair})
+    # Every segment of the 30 training speakers, for the head's labels.
+    train_files = [str(tree.root / s / f"{x}.flac") for s in tree.train_speakers[:30] for x in SEGMENTS]
     out = trained["base"] / "loaded.npz"
-    _run(["-c", LOAD_SCRIPT, trained["exported"], json.dumps(files), json.dumps(pairs), out], cwd=trained["base"])
+    _run(["-c", LOAD_SCRIPT, trained["exported"], json.dumps(files), json.dumps(pairs), out, json.dumps(train_files)],
+         cwd=trained["base"])
     with np.load(out) as data:
         arrays = {k: data[k] for k in data.files}
     reference = _embed_files(trained["recipe"], files)  # the scoring stage's embeddings
-    return {"files": files, "pairs": pairs, "num_same": len(same), "reference": reference, **arrays}
+    return {"files": files, "pairs": pairs, "num_same": len(same), "reference": reference,
+            "train_files": train_files, **arrays}
 
 
-def test_exported_folder_layout(trained):
+def _strict_hooks(pretrainer):
+    return {name: getattr(hook, "func", hook) for name, hook in pretrainer.custom_hooks.items()}
+
+
+@pytest.mark.slow
+def test_exported_folder_layout_and_yaml(trained):
     folder = trained["exported"]
     names = set(os.listdir(folder))
-    assert {"hyperparams.yaml", "embedding_model.ckpt", "classifier.ckpt", MEAN_FILE, "label_encoder.txt",
-            "label_encoder.ckpt", "README.md", "train_hparams.yaml", "compute_cost.ckpt"} <= names
-    assert not [n for n in names if n.startswith(".")], "no temporaries left"
-    files = check_pretrained_folder(folder)
-    assert set(files.values()) <= names
-    text = (folder / "hyperparams.yaml").read_text()
-    # Loadable from the hub unchanged: no paths of this machine in it.
-    assert str(trained["base"]) not in text
-    assert not [line for line in text.splitlines() if line.strip().startswith("paths:")]
-    assert "mean_var_norm_emb: !ref <mean_var_norm_emb>" in text
+    assert names == {"hyperparams.yaml", "embedding_model.ckpt", "classifier.ckpt", MEAN_FILE, "label_encoder.txt",
+                     "label_encoder.ckpt", "README.md", "train_hparams.yaml", "compute_cost.ckpt"}
+    assert not [n for n in os.listdir(folder.parent) if n.startswith(".")], "no temporaries left"
+    assert check_model_folder(folder) == {"embedding_model": "embedding_model.ckpt", "mean_var_norm_emb": MEAN_FILE,
+                                          "classifier": "classifier.ckpt", "label_encoder": "label_encoder.ckpt"}
+    # Loadable from the hub unchanged: no path of this machine, the pretrainer names none.
+    assert str(trained["base"]) not in (folder / "hyperparams.yaml").read_text()
+    from hyperpyyaml import load_hyperpyyaml
+
+    hparams = load_hyperpyyaml((folder / "hyperparams.yaml").read_text())
+    pretrainer = hparams["pretrainer"]
+    assert pretrainer.paths == {}
+    assert sorted(pretrainer.loadables) == ["classifier", "embedding_model", "label_encoder", "mean_var_norm_emb"]
+    assert _strict_hooks(pretrainer) == {name: load_strictly for name in pretrainer.loadables}
+    assert sorted(hparams["modules"]) == ["classifier", "compute_features", "embedding_model", "mean_var_norm",
+                                          "mean_var_norm_emb"]
+    assert hparams["mean_var_norm_emb"].norm_type == "global" and not hparams["mean_var_norm_emb"].std_norm
     stats = torch.load(folder / MEAN_FILE)
     np.testing.assert_allclose(stats["glob_mean"].numpy(), trained["mean"], atol=1e-5)
 
 
+@pytest.mark.slow
+def test_recipe_model_folder_loads_strictly(trained):
+    """The folder training writes names the strict hook too, and holds the averaged weights."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    folder = trained["model_folder"]
+    pretrainer = load_hyperpyyaml((folder / "hyperparams.yaml").read_text())["pretrainer"]
+    assert _strict_hooks(pretrainer) == {name: load_strictly for name in ("embedding_model", "classifier",
+                                                                           "label_encoder")}
+    loaded = load_model_folder(folder)
+    expected = torch.load(folder / "embedding_model.ckpt")
+    for key, value in loaded["embedding_model"].state_dict().items():
+        torch.testing.assert_close(value, expected[key], check_dtype=False)  # averaged counters are float
+    assert loaded["label_encoder"].lab2ind == load_for_inference(folder).hparams.label_encoder.lab2ind
+    assert len(loaded["label_encoder"]) == 30
+
+
+@pytest.mark.slow
 def test_model_card_has_training_config_and_results(trained):
     card = (trained["exported"] / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: speechbrain")
     assert "# tiny-sphereface2" in card
-    assert "| loss block | sphereface2_c |" in card and "| epochs | 4 |" in card
+    assert "| loss block | sphereface2_c |" in card and "| epochs | 20 |" in card
     assert "| embedding dimension | 64 |" in card and "| training classes | 30 |" in card
     name, values = next(iter(trained["results"].items()))
     row = f"| {name} | {values['trials']} | {values['eer_percent']:.3f} | {values['min_dcf_0.01']:.4f} |"
     assert row in card
     assert str(trained["base"]) not in card  # no local paths on the hub
     config = training_config(trained["model_folder"])
-    assert config["number_of_epochs"] == 4 and config["averaged_epochs"] == [3, 4]
+    assert config["number_of_epochs"] == 20 and config["averaged_epochs"] == [19, 20]
 
 
+@pytest.mark.slow
 def test_embeddings_equal_recipe_scoring_stage(trained, loaded):
     expected = loaded["reference"]
     for cls in ("SpeakerRecognition", "EncoderClassifier"):
@@ -227,6 +271,7 @@ def test_embeddings_equal_recipe_scoring_stage(trained, loaded):
     assert str(loaded["EncoderClassifier_label"]) in trained["tree"].train_speakers[:30]
 
 
+@pytest.mark.slow
 def test_verify_files_scores_equal_recipe_scores(trained, loaded):
     ids = [str(Path(f).relative_to(trained["tree"].root).with_suffix("")) for f in loaded["files"]]
     rel = {f: i for f, i in zip(loaded["files"], ids)}
@@ -245,18 +290,38 @@ def test_verify_files_scores_equal_recipe_scores(trained, loaded):
     np.testing.assert_allclose(cosine, score_trials(ids, embeddings, trials, mean=trained["mean"]), atol=1e-5)
 
 
-def test_verify_files_ranks_same_speaker_above_different(loaded):
+@pytest.mark.slow
+def test_exported_head_names_the_training_speakers(trained, loaded):
+    """EncoderClassifier.classify_batch of the export (embedding model, head and label
+    encoder together) names the speaker of the training segments: measured 0.84 of 120;
+    a head that is not the trained one is right about 1 time in 30."""
+    truth = [Path(f).relative_to(trained["tree"].root).parts[0] for f in loaded["train_files"]]
+    accuracy = np.mean([str(label) == speaker for label, speaker in zip(loaded["train_labels"], truth)])
+    assert accuracy > 0.6, accuracy
+
+
+@pytest.mark.slow
+def test_verify_files_ranks_held_out_pairs_better_than_the_untrained_model(trained, loaded):
     """20 held-out speakers never seen in training: 120 pairs of two segments of one recording
-    (same speaker) against 120 pairs of two speakers. The tiny model (30 training speakers, a
-    minute of training) ranks weakly but far above chance: measured AUC about 0.83-0.86; chance
-    0.5 with a standard deviation of 0.04 for 120 x 120 pairs."""
-    scores = loaded["verify"]
-    same, different = scores[: loaded["num_same"]], scores[loaded["num_same"]:]
-    auc = (same[:, None] > different[None, :]).mean()
-    assert auc > 0.75, (auc, same, different)
-    assert np.median(same) > np.median(different)
+    (same speaker) against 120 pairs of two speakers, scored by the export's verify_files and
+    by the same architecture at initialisation (random filters already rank these pairs far
+    above chance). Measured AUC: 0.895 exported against 0.754 untrained."""
+    def auc(scores):
+        same, different = scores[: loaded["num_same"]], scores[loaded["num_same"]:]
+        return (same[:, None] > different[None, :]).mean()
+
+    untrained = load_recipe_hparams(str(trained["base"] / "tiny_stage.yaml"), trained["override_map"], num_classes=30)
+    for name in ("compute_features", "mean_var_norm", "embedding_model"):
+        untrained[name].eval()
+    embeddings = _embed_files(untrained, loaded["files"])
+    index = {f: k for k, f in enumerate(loaded["files"])}
+    a = embeddings[[index[x] for x, _ in loaded["pairs"]]]
+    b = embeddings[[index[y] for _, y in loaded["pairs"]]]
+    baseline = auc((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1))
+    assert auc(loaded["verify"]) > baseline + 0.07, (auc(loaded["verify"]), baseline)
 
 
+@pytest.mark.slow
 def test_mean_from_training_csv_equals_scoring_stage_mean(trained):
     mean = mean_embedding(trained["model_folder"], train_csv=trained["out"] / "data" / "train.csv",
                           max_utterances=12, progress=False)
@@ -265,37 +330,7 @@ def test_mean_from_training_csv_equals_scoring_stage_mean(trained):
         mean_embedding(trained["model_folder"])
 
 
-def test_incomplete_or_corrupt_folder_errors_name_the_file(trained, tmp_path):
-    broken = tmp_path / "broken"
-    shutil.copytree(trained["exported"], broken)
-    (broken / MEAN_FILE).unlink()
-    with pytest.raises(FileNotFoundError, match=MEAN_FILE):
-        load_pretrained(broken)
-    shutil.copyfile(trained["exported"] / MEAN_FILE, broken / MEAN_FILE)
-    (broken / "embedding_model.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="embedding_model.ckpt is not a readable checkpoint"):
-        load_pretrained(broken)
-    (broken / "hyperparams.yaml").unlink()
-    with pytest.raises(FileNotFoundError, match="missing hyperparams.yaml"):
-        check_pretrained_folder(broken)
-    model = tmp_path / "model"
-    shutil.copytree(trained["model_folder"], model)
-    (model / "embedding_model.ckpt").unlink()
-    with pytest.raises(FileNotFoundError, match="missing embedding_model.ckpt"):
-        export_model(model, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-    with pytest.raises(FileNotFoundError, match="has no embedding_model.ckpt"):
-        init_encoder_from(torch.nn.Linear(2, 2), str(model))
-
-
-def test_init_encoder_from_rejects_another_architecture(trained):
-    from sb_sphereface2.models.resnet import ResNet
-
-    other = ResNet(input_size=24, channels=(8, 8, 8, 8), num_blocks=(1, 1, 1, 1), lin_neurons=64)
-    with pytest.raises(ValueError, match="embedding_model.ckpt does not fit"):
-        init_encoder_from(other, str(trained["exported"]))
-
-
+@pytest.mark.slow
 def test_finetune_from_exported_folder_on_new_speakers(trained):
     """The exported folder stands in for a downloaded hub model: new speakers, new head with
     the closed-form bias, the pretrained encoder loaded, then exported again."""
@@ -321,14 +356,15 @@ def test_finetune_from_exported_folder_on_new_speakers(trained):
     head = torch.load(model_folder / "classifier.ckpt")
     assert head["weight"].shape[0] == len(new_speakers)
     bias = torch.load(model_folder / "compute_cost.ckpt")["bias"]
-    expected = closed_form_bias(len(new_speakers), scale=32.0, margin=0.2, lambda_=0.7, t=3.0)
+    # The closed form at the starting margin: finetune_pretrained.yaml ramps 0 -> 0.2 from epoch 1.
+    expected = closed_form_bias(len(new_speakers), scale=32.0, margin=0.0, lambda_=0.7, t=3.0)
     assert abs(float(bias) - float(expected)) < 1e-3
     exported = trained["base"] / "finetuned_exported"
     result = _run([EXPORT, model_folder, exported, "--verify-files",
                    tree.root / new_speakers[0] / "s1" / "00001.flac",
                    tree.root / new_speakers[0] / "s2" / "00004.flac"], cwd=REPO)
     assert "verify_files" in result.stdout and "score" in result.stdout
-    assert set(check_pretrained_folder(exported)) == {"embedding_model", "classifier", "label_encoder"}
+    assert set(check_model_folder(exported)) == {"embedding_model", "classifier", "label_encoder"}
 
 
 def _resnet_from(state):
@@ -337,6 +373,109 @@ def _resnet_from(state):
     model = ResNet(input_size=24, channels=(8, 8, 16, 16), num_blocks=(1, 1, 1, 1), lin_neurons=64)
     model.load_state_dict(state)
     return model
+
+
+# --- without training: the folders 0.1.0 wrote ------------------------------------------------
+
+FIXTURE_SIZES = {"data_folder": "/data", "n_mels": 24, "emb_dim": 32, "resnet_channels": [4, 4, 8, 8],
+                 "resnet_blocks": [1, 1, 1, 1]}
+
+
+def _copy_fixture(name, tmp_path):
+    target = tmp_path / name
+    shutil.copytree(FIXTURES / name, target)
+    return target
+
+
+def test_stage_two_starts_from_stage_one_weights():
+    """train.py's stage 2 (initialise_from_model_folder): the recipe's own modules get
+    exactly the folder's embedding model, head and SphereFace2 bias."""
+    hparams = load_recipe_hparams("hparams/finetune.yaml", {**FIXTURE_SIZES, "pretrained_model": "x"},
+                                  num_classes=12)
+    loaded = initialise_from_model_folder(hparams, str(FIXTURES / "model_folder_v0_1"))
+    assert sorted(loaded) == ["classifier", "compute_cost", "embedding_model"]
+    for name in loaded:
+        saved = torch.load(FIXTURES / "model_folder_v0_1" / f"{name}.ckpt")
+        state = hparams[name].state_dict()
+        assert sorted(state) == sorted(saved)
+        for key, value in saved.items():
+            torch.testing.assert_close(state[key], value, rtol=0, atol=0, check_dtype=False)  # averaged counters are float
+    wider = load_recipe_hparams("hparams/finetune.yaml", {**FIXTURE_SIZES, "pretrained_model": "x"}, num_classes=13)
+    with pytest.raises(CheckpointError, match=r"model_folder_v0_1/classifier.ckpt does not fit the SphereFace2Head"
+                                              r".*weight: copying a param with shape \[12, 32\]"):
+        initialise_from_model_folder(wider, str(FIXTURES / "model_folder_v0_1"))
+
+
+@pytest.mark.parametrize("damage", ["classifier_as_embedding", "truncated", "empty", "label_encoder_empty"])
+def test_damaged_folder_is_one_error_naming_the_file(damage, tmp_path):
+    folder = _copy_fixture("model_folder_v0_1", tmp_path)
+    target = folder / ("label_encoder.ckpt" if damage == "label_encoder_empty" else "embedding_model.ckpt")
+    expected = {
+        "classifier_as_embedding": r"does not fit the ResNet it is loaded into: missing 62 keys \(conv1.weight, "
+                                   r"bn1.weight, bn1.bias, \.\.\.\); unexpected 1 key \(weight\)$",
+        "truncated": r"is not a readable checkpoint \(truncated or damaged\?\)",
+        "empty": r"is empty \(0 bytes\)",
+        "label_encoder_empty": r"is empty \(0 bytes\)",
+    }[damage]
+    if damage == "classifier_as_embedding":
+        shutil.copyfile(folder / "classifier.ckpt", target)
+    elif damage == "truncated":
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    else:
+        target.write_bytes(b"")
+    for load in (load_model_folder, load_for_inference):
+        with pytest.raises(ValueError) as caught:
+            load(folder)
+        message = str(caught.value)
+        assert "\n" not in message and message.startswith(str(target)), message
+        assert __import__("re").search(expected, message), message
+
+
+def test_old_export_loads_non_strictly_with_from_hparams_until_re_exported(tmp_path):
+    """A 0.1.0 export names no loading hook: SpeechBrain's from_hparams loads a wrong file
+    into it with warnings only (documented). Our loaders refuse it; re-exported, the folder
+    embeds as 0.1.0 did and from_hparams refuses a wrong file too."""
+    from speechbrain.inference.speaker import SpeakerRecognition
+
+    reference = np.load(FIXTURES / "v0_1_probe_embeddings.npz")
+    signal = torch.from_numpy(reference["signal"])
+    old = _copy_fixture("exported_v0_1", tmp_path)
+    shutil.copyfile(old / "classifier.ckpt", old / "embedding_model.ckpt")
+    SpeakerRecognition.from_hparams(source=str(old), savedir=str(tmp_path / "savedir_old"))  # no error
+    with pytest.raises(CheckpointError, match="does not fit the ResNet"):
+        load_for_inference(old)
+
+    exported = export_model(FIXTURES / "exported_v0_1", tmp_path / "re_exported")
+    model = SpeakerRecognition.from_hparams(source=exported, savedir=str(tmp_path / "savedir_new"))
+    with torch.no_grad():
+        np.testing.assert_allclose(model.encode_batch(signal).squeeze().numpy(), reference["exported_v0_1_raw"],
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(model.encode_batch(signal, normalize=True).squeeze().numpy(),
+                                   reference["exported_v0_1_norm"], rtol=1e-5, atol=1e-6)
+    shutil.copyfile(Path(exported) / "classifier.ckpt", Path(exported) / "embedding_model.ckpt")
+    with pytest.raises(CheckpointError, match=r"re_exported/embedding_model.ckpt does not fit the ResNet"):
+        SpeakerRecognition.from_hparams(source=exported, savedir=str(tmp_path / "savedir_bad"))
+
+
+def test_failed_export_leaves_the_earlier_export(tmp_path):
+    out = tmp_path / "exported"
+    export_model(FIXTURES / "model_folder_v0_1", out, name="first")
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    with pytest.raises(RuntimeError, match="export check failed: SpeakerRecognition.encode_batch differs"):
+        export_model(FIXTURES / "model_folder_v0_1", out, name="second", atol=-1.0)  # every check fails
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+    assert os.listdir(tmp_path) == ["exported"], "no temporaries left"
+
+
+def test_initialise_encoder_from_rejects_another_architecture():
+    from sb_sphereface2.models.resnet import ResNet
+
+    other = ResNet(input_size=24, channels=(4, 4, 4, 4), num_blocks=(1, 1, 1, 1), lin_neurons=32)
+    with pytest.raises(CheckpointError, match=r"embedding_model.ckpt does not fit the ResNet it is loaded into: "
+                                              r"size mismatch for .*; choose the matching --model"):
+        initialise_encoder_from(other, str(FIXTURES / "exported_v0_1"))
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        initialise_encoder_from(other, "/nonexistent/model")
 
 
 HUB_STYLE_YAML = """\
@@ -377,19 +516,28 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
 
 
 def test_finetune_pretrained_yaml_targets_spkrec_ecapa_voxceleb():
+    from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+
+    from sb_sphereface2.models.resnet import ResNet
+
     settings = peek_hparams("hparams/finetune_pretrained.yaml", {"data_folder": "/data"})
     assert settings["init_encoder_from"] == "speechbrain/spkrec-ecapa-voxceleb"
     assert (settings["model"], settings["ecapa_channels"], settings["emb_dim"], settings["n_mels"]) == (
         "ecapa_tdnn", 1024, 192, 80)
-    assert "speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN" in compose_hparams_yaml("hparams/finetune_pretrained.yaml")
+    hparams = load_recipe_hparams("hparams/finetune_pretrained.yaml", {"data_folder": "/data", "ecapa_channels": 16},
+                                  num_classes=3)
+    assert isinstance(hparams["embedding_model"], ECAPA_TDNN)
     # --model on the command line still wins over the stage's own block choice.
-    assert "sb_sphereface2.models.resnet.ResNet" in compose_hparams_yaml("hparams/finetune_pretrained.yaml", {"model": "resnet34"})
+    hparams = load_recipe_hparams("hparams/finetune_pretrained.yaml", {"data_folder": "/data", "model": "resnet34",
+                                  "resnet_channels": [2, 2, 2, 2], "resnet_blocks": [1, 1, 1, 1]}, num_classes=3)
+    assert isinstance(hparams["embedding_model"], ResNet)
 
 
-def test_init_encoder_from_a_hub_layout_folder(tmp_path):
+def test_initialise_encoder_from_a_hub_layout_folder(tmp_path):
     """A folder shaped like speechbrain/spkrec-ecapa-voxceleb (paths in the pretrainer,
-    label_encoder.txt, mean_var_norm_emb.ckpt, no head): checked, and its encoder loads
-    strictly into the ECAPA-TDNN that hparams/finetune_pretrained.yaml builds."""
+    label_encoder.txt, mean_var_norm_emb.ckpt, no head): checked, loaded strictly whole,
+    and its encoder loaded strictly into the ECAPA-TDNN that
+    hparams/finetune_pretrained.yaml builds."""
     from hyperpyyaml import load_hyperpyyaml
 
     folder = tmp_path / "spkrec-ecapa-like"
@@ -402,19 +550,23 @@ def test_init_encoder_from_a_hub_layout_folder(tmp_path):
     torch.save(hub["embedding_model"].state_dict(), folder / "embedding_model.ckpt")
     (folder / "label_encoder.txt").write_text("'id10001' => 0\n================\n'starting_index' => 0\n")
     with pytest.raises(FileNotFoundError, match="missing mean_var_norm_emb.ckpt"):
-        check_pretrained_folder(folder)
-    torch.save({"count": 1, "glob_mean": torch.zeros(12), "glob_std": torch.ones(12)}, folder / "mean_var_norm_emb.ckpt")
-    assert check_pretrained_folder(folder) == {"embedding_model": "embedding_model.ckpt",
-                                              "mean_var_norm_emb": "mean_var_norm_emb.ckpt",
-                                              "label_encoder": "label_encoder.txt"}
+        check_model_folder(folder)
+    mean = torch.arange(12.0)
+    torch.save({"count": 1, "glob_mean": mean, "glob_std": torch.ones(12)}, folder / "mean_var_norm_emb.ckpt")
+    assert check_model_folder(folder) == {"embedding_model": "embedding_model.ckpt",
+                                          "mean_var_norm_emb": "mean_var_norm_emb.ckpt",
+                                          "label_encoder": "label_encoder.txt"}
+    whole = load_model_folder(folder)
+    torch.testing.assert_close(whole["mean_var_norm_emb"].glob_mean, mean)
+    assert whole["label_encoder"].lab2ind == {"id10001": 0}
 
     recipe = load_recipe_hparams("hparams/finetune_pretrained.yaml", {
         "data_folder": "/data", "ecapa_channels": 16, "emb_dim": 12}, num_classes=3)
-    with pytest.raises(ValueError, match="does not fit"):
-        init_encoder_from(recipe["embedding_model"], str(folder))  # attention_channels 128 vs 8
+    with pytest.raises(CheckpointError, match="does not fit"):
+        initialise_encoder_from(recipe["embedding_model"], str(folder))  # attention_channels 128 vs 8
     recipe["embedding_model"] = hub["embedding_model"].__class__(
         input_size=80, channels=[16, 16, 16, 16, 48], kernel_sizes=[5, 3, 3, 3, 1],
         dilations=[1, 2, 3, 4, 1], attention_channels=8, lin_neurons=12)
-    assert init_encoder_from(recipe["embedding_model"], str(folder)).endswith("embedding_model.ckpt")
+    assert initialise_encoder_from(recipe["embedding_model"], str(folder)).endswith("embedding_model.ckpt")
     for name, value in hub["embedding_model"].state_dict().items():
         torch.testing.assert_close(recipe["embedding_model"].state_dict()[name], value)

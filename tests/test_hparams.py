@@ -1,6 +1,5 @@
 """Every hparams file loads and instantiates, for every model x loss block combination."""
 
-import os
 from pathlib import Path
 
 import pytest

@@ -3,7 +3,6 @@ prepare -> train -> large-margin fine-tune -> score, with a tiny model; resume a
 one-line errors for bad input. (LibriSpeech, CC BY 4.0.)"""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ SCORE = ROOT / "recipes" / "VoxCeleb" / "score.py"
 TINY_SETTINGS = {
     "device": "cpu", "num_workers": 0, "augment": False, "speed_perturb": False,
     "n_mels": 40, "resnet_channels": "[8,8,16,16]", "resnet_blocks": "[1,1,1,1]", "emb_dim": 64,
-    "batch_size": 32, "dev_speakers": 4, "dev_trials": 60, "warmup_epochs": 0,
+    "batch_size": 32, "dev_speakers": 20, "dev_trials": 400, "warmup_epochs": 0,
     "lr": 0.05, "final_lr": 0.01, "margin_start_epoch": 1, "margin_fix_epoch": 2,
 }
 

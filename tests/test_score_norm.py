@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sb_sphereface2.scoring.normalization import cohort_statistics, l2_normalize, speaker_mean_cohort
-from sb_sphereface2.scoring.trial_scores import build_cohort, score_trials
+from sb_sphereface2.scoring.trial_scores import build_cohort, score_trial_list, score_trials
 from sb_sphereface2.data.trials import TrialList, read_trials
 
 
@@ -65,6 +65,26 @@ def test_normalised_scores_equal_per_trial_loop(toy, method):
                         chunk_size=37, cohort_chunk_size=7)
     expected = loop_reference(ids, embeddings, cohort_raw, mean, trials, method, top_n)
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", [None, "asnorm", "snorm"])
+def test_imposter_means_and_magnitudes_equal_per_trial_loop(toy, norm):
+    """The per-side quality measures: mean of the top-N cohort scores (whatever the score
+    normalisation) and the length of the mean-subtracted embedding."""
+    ids, embeddings, cohort_raw, mean, trials = toy
+    cohort = build_cohort(cohort_raw, mean=mean, kind="utterance")
+    scored = score_trial_list(ids, embeddings, trials, mean, cohort, top_n=10, norm=norm, imposter_top_n=7,
+                              cohort_chunk_size=5)
+    row = {u: i for i, u in enumerate(ids)}
+    unit_cohort = unit(cohort_raw - mean)
+    for side in ("enrol", "test"):
+        centred = np.array([embeddings[row[u]] - mean for u in getattr(trials, side)])
+        top = np.sort(unit(centred) @ unit_cohort.T, axis=1)[:, -7:]
+        np.testing.assert_allclose(getattr(scored, f"{side}_imposter_mean"), top.mean(axis=1), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(getattr(scored, f"{side}_magnitude"), np.linalg.norm(centred, axis=1), rtol=1e-5)
+        np.testing.assert_array_equal(getattr(scored, f"{side}_rows"), [row[u] for u in getattr(trials, side)])
+    expected = loop_reference(ids, embeddings, cohort_raw, mean, trials, norm, 10 if norm == "asnorm" else None)
+    np.testing.assert_allclose(scored.scores, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_chunk_sizes_do_not_change_scores(toy):

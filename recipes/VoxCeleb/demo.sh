@@ -53,8 +53,8 @@ $PY recipes/VoxCeleb/export.py "$OUT/lmf/model" "$OUT/exported" \
     --name "sb_sphereface2 demo (SphereFace2-C, small ResNet, espeak-ng voices)"
 $PY - "$OUT/exported" "$ENROL" "$SAME" "$OTHER" <<'PYEOF'
 import sys
-from sb_sphereface2.pretrained.export import load_pretrained
-model = load_pretrained(sys.argv[1])  # SpeechBrain's SpeakerRecognition, offline
+from sb_sphereface2.pretrained.folder import load_for_inference
+model = load_for_inference(sys.argv[1])  # SpeechBrain's SpeakerRecognition, offline, strict
 enrol, same, other = sys.argv[2:]
 for name, test in (("same speaker", same), ("different speakers", other)):
     score, decision = model.verify_files(enrol, test)

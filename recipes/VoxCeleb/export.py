@@ -11,7 +11,9 @@ mean embedding (``mean_var_norm_emb.ckpt``, with ``--train-embeddings`` or ``--t
 and a model card ``README.md`` (training configuration, the results table of
 ``--results``), checks that ``SpeakerRecognition`` and ``EncoderClassifier`` load it and
 reproduce the model's embeddings, then (``--verify-files``) scores two files with it.
-See sb_sphereface2/export.py.
+A wrong, truncated or empty checkpoint in the model folder stops it with one line naming
+the file; an earlier export at the destination is left as it was. See
+sb_sphereface2/pretrained/export.py and docs/pretrained_models.md.
 """
 
 import argparse
@@ -36,7 +38,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from sb_sphereface2.pretrained.export import export_model, load_pretrained
+    from sb_sphereface2.pretrained.export import export_model
+    from sb_sphereface2.pretrained.folder import load_for_inference
 
     out = export_model(
         args.model_folder, args.out_folder, results_json=args.results,
@@ -45,7 +48,7 @@ def main(argv=None):
     )
     print(f"exported {args.model_folder} -> {out}")
     if args.verify_files:
-        model = load_pretrained(out)
+        model = load_for_inference(out)
         score, decision = model.verify_files(*args.verify_files)
         print(f"verify_files {args.verify_files[0]} {args.verify_files[1]}: "
               f"score {float(score):.4f}, same speaker (threshold 0.25): {bool(decision)}")

@@ -30,7 +30,7 @@ from pathlib import Path
 from sb_sphereface2.data.dataio import read_speakers, utterance_dataset
 from sb_sphereface2.scoring.embed import embed_dataset
 from sb_sphereface2.scoring.embeddings_io import save_embeddings
-from sb_sphereface2.pretrained.export import load_model_modules
+from sb_sphereface2.pretrained.folder import load_model_folder
 from sb_sphereface2.labels.noise import inject_class_noise
 from sb_sphereface2.labels.pseudo import pseudo_label
 from sb_sphereface2.scoring.trial_scores import write_results
@@ -64,7 +64,7 @@ def train_and_score(name, loss, train_csv, args, out):
 
 def pseudo_labelled_list(model_folder, train_csv, out, seed):
     """Cluster the training utterances' embeddings into as many speakers as the list has."""
-    hp = load_model_modules(str(model_folder))
+    hp = load_model_folder(str(model_folder))
     ids, emb = embed_dataset(utterance_dataset(str(train_csv)), hp["compute_features"], hp["mean_var_norm"],
                              hp["embedding_model"], desc="embedding the training list")
     npz = out / "train_embeddings.npz"

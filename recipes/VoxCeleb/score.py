@@ -1,116 +1,200 @@
 #!/usr/bin/env python3
 """Scoring stage: embed full test utterances with a model folder, score every trial list with
-cosine (training mean subtracted) and with AS-norm, report EER/minDCF, DET and histograms.
+cosine (training mean subtracted) and with AS-norm, report EER/minDCF, DET and histograms,
+and, given a calibration list, calibrated LLRs (optionally quality-aware: QMF).
 
     python recipes/VoxCeleb/score.py hparams/verification.yaml \\
-        --model_folder=results/<run>/model --data_prep_folder=results/<run>/data
+        --model_folder=results/<run>/model --data_prep_folder=results/<run>/data \\
+        [--output_folder=...] [--calibration_trials=calibration.txt]
+
+Before anything is embedded, every trial list is checked (targets and non-targets present,
+no pair labelled both ways, every utterance in test.csv, none shorter than
+``min_utterance_seconds``; duplicates and self-trials are counted and warned about).
+One run holds the output folder at a time (a second one refuses at once, naming the PID of
+the first); it writes into a temporary folder beside it, swapped in when everything is
+written, so a failed or killed run leaves the previous results or nothing.
 
 Embeddings are computed one utterance at a time with the model folder's own modules, as
 SpeechBrain's ``EncoderClassifier.encode_batch`` does, so they do not depend on batching
-and equal what the exported model gives. Outputs in ``output_folder``: ``embeddings_test.npz``,
-``embeddings_train.npz``, ``cosine/`` and ``asnorm/`` (scores, results, plots of
-``python -m sb_sphereface2.scoring``) and ``results.md`` / ``results.json`` with both.
+and equal what the exported model gives. Outputs in ``output_folder``:
+``embeddings_test.npz`` (with durations and the model), ``embeddings_train.npz``,
+``cosine/`` and ``asnorm/`` (scores, results, plots of ``python -m sb_sphereface2.scoring``)
+and ``results.md`` / ``results.json`` with both; every results file names the model folder,
+the sha256 of its ``embedding_model.ckpt`` and each trial list's sha256.
 """
 
+import csv
 import glob
-import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
-from speechbrain.inference.speaker import SpeakerRecognition
 
-from sb_sphereface2.scoring import cli as scorer
 from sb_sphereface2.data.dataio import utterance_dataset
+from sb_sphereface2.data.prepare import CSV_HEADER
+from sb_sphereface2.data.trials import read_trials
+from sb_sphereface2.files import file_sha256, write_csv_atomic
+from sb_sphereface2.hparams import parse_overrides, peek_hparams
+from sb_sphereface2.scoring import cli as scorer
 from sb_sphereface2.scoring.embed import embed_dataset
 from sb_sphereface2.scoring.embeddings_io import save_embeddings
-from sb_sphereface2.pretrained.folder import check_model_folder
-from sb_sphereface2.scoring.trial_scores import write_results
+from sb_sphereface2.scoring.output_folder import (
+    OutputFolderError,
+    describe_os_error,
+    exclusive_output_folder,
+)
+from sb_sphereface2.scoring.reports import write_results
+from sb_sphereface2.scoring.trial_checks import check_trial_list
 
 
 def load_model(model_folder, device="cpu"):
-    """SpeechBrain's ``SpeakerRecognition`` over a model folder (offline, no hub)."""
-    check_model_folder(model_folder)
-    savedir = tempfile.mkdtemp(prefix="sb_sphereface2_model_")
-    return SpeakerRecognition.from_hparams(
-        source=os.path.abspath(model_folder), savedir=savedir, run_opts={"device": device}
-    )
+    """The model folder's ``compute_features``, ``mean_var_norm`` and ``embedding_model``,
+    loaded offline by SpeechBrain's ``SpeakerRecognition`` (the one place that loads the model)."""
+    from sb_sphereface2.pretrained.folder import load_for_inference
+
+    model = load_for_inference(model_folder, device=device)  # strict, even for 0.1.0 folders
+    return model.mods.compute_features, model.mods.mean_var_norm, model.mods.embedding_model
 
 
-def cohort_subset(train_csv, out_csv, per_speaker, seed=0):
-    """A CSV with at most ``per_speaker`` unperturbed utterances of each training speaker."""
-    import csv
+def model_record(model_folder):
+    """``{"folder", "embedding_model_sha256"}``: which model made the scores."""
+    checkpoint = os.path.join(model_folder, "embedding_model.ckpt")
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"model folder {model_folder} has no embedding_model.ckpt")
+    return {"folder": os.path.abspath(model_folder), "embedding_model_sha256": file_sha256(checkpoint)}
 
-    with open(train_csv, encoding="utf-8", newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if float(r.get("speed", 1.0)) == 1.0]
-    if not rows:
-        raise ValueError(f"{train_csv}: no training utterances for the cohort")
+
+def read_rows(csv_path, unperturbed=False):
+    """``{ID: row}`` of a data-preparation CSV (``unperturbed``: speed 1.0 rows only)."""
+    with open(csv_path, encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if unperturbed:
+        rows = [r for r in rows if float(r.get("speed") or 1.0) == 1.0]
+    return {row["ID"]: row for row in rows}
+
+
+def cohort_subset(train_rows, per_speaker, seed=0):
+    """At most ``per_speaker`` unperturbed training utterances of each speaker."""
+    if not train_rows:
+        raise ValueError("train.csv has no unperturbed training utterances for the cohort")
     rng = np.random.default_rng(seed)
     by_speaker = {}
-    for row in rows:
+    for row in train_rows.values():
         by_speaker.setdefault(row["spk_id"], []).append(row)
     chosen = []
     for speaker in sorted(by_speaker):
         group = by_speaker[speaker]
         picks = rng.choice(len(group), size=min(per_speaker, len(group)), replace=False)
         chosen.extend(group[i] for i in sorted(picks))
-    with open(out_csv, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(chosen)
-    return out_csv
+    return chosen
+
+
+def _rows_of(trials, rows, where):
+    """The CSV rows of every utterance a list names; an error naming the first one missing."""
+    for side in ("enrol", "test"):
+        for index, utt in enumerate(getattr(trials, side)):
+            if utt not in rows:
+                raise ValueError(f"trial list {trials.name!r}, line {trials.line_of(index)}: "
+                                 f"utterance {utt!r} is not in {where}")
+    return {utt: rows[utt] for utt in trials.utterances()}
+
+
+def check_inputs(hp):
+    """Read and check everything the run needs before any embedding: trial lists, the
+    calibration list and the rows of every utterance they name."""
+    prep = hp["data_prep_folder"]
+    test_csv, train_csv = os.path.join(prep, "test.csv"), os.path.join(prep, "train.csv")
+    trial_paths = sorted(glob.glob(os.path.join(prep, "trials", "*.txt")))
+    if not os.path.isfile(test_csv) or not trial_paths:
+        raise FileNotFoundError(f"{prep} has no test.csv or trials/*.txt: give train.py --trial_lists=[...] first")
+    if not os.path.isfile(train_csv):
+        raise FileNotFoundError(f"{train_csv} not found: the mean embedding and the cohort come from it")
+    test_rows, train_rows = read_rows(test_csv), read_rows(train_csv, unperturbed=True)
+    needed = {}
+    for path in trial_paths:
+        trials = read_trials(path)
+        for warning in check_trial_list(trials, path).warnings():
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        needed.update(_rows_of(trials, test_rows, test_csv))
+    calibration_path = hp.get("calibration_trials")
+    if calibration_path:
+        trials = read_trials(calibration_path)
+        for warning in check_trial_list(trials, calibration_path).warnings():
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        needed.update(_rows_of(trials, {**train_rows, **test_rows}, f"{test_csv} or {train_csv}"))
+    minimum = float(hp["min_utterance_seconds"])
+    short = sorted((float(row["duration"]), row["wav"], utt) for utt, row in needed.items()
+                   if float(row["duration"]) < minimum)
+    if short:
+        seconds, wav, utt = short[0]
+        raise ValueError(f"{wav}: utterance {utt!r} is {seconds:.2f} s long, shorter than "
+                         f"min_utterance_seconds = {minimum:g} s ({len(short)} such utterances in the "
+                         "trial lists); remove them from the lists or lower --min_utterance_seconds")
+    return trial_paths, calibration_path, [needed[utt] for utt in sorted(needed)], train_rows
+
+
+def embed_rows(rows, csv_path, modules, device, desc, sample_rate, max_seconds=None):
+    """Embed the utterances of ``rows`` (written to ``csv_path`` first); returns the IDs,
+    the embeddings and the embedded durations."""
+    write_csv_atomic(csv_path, CSV_HEADER, [[row.get(key, "1.0" if key == "speed" else "") for key in CSV_HEADER]
+                                            for row in rows])
+    dataset = utterance_dataset(csv_path, sample_rate, max_seconds=max_seconds)
+    ids, embeddings = embed_dataset(dataset, *modules, device=device, desc=desc)
+    by_id = {row["ID"]: float(row["duration"]) for row in rows}
+    durations = [min(by_id[i], max_seconds) if max_seconds else by_id[i] for i in ids]
+    return ids, embeddings, durations
 
 
 def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    with open(hparams_file, encoding="utf-8") as handle:
-        hp = load_hyperpyyaml(handle, overrides)
+    hp = peek_hparams(hparams_file, parse_overrides(overrides))  # unknown keys are named
+    for key in ("model_folder", "data_prep_folder"):
+        if not hp.get(key):
+            raise ValueError(f"--{key}=... is required (see {hparams_file})")
     device = run_opts.get("device", "cpu")
-    prep = hp["data_prep_folder"]
-    test_csv = os.path.join(prep, "test.csv")
-    trial_lists = sorted(glob.glob(os.path.join(prep, "trials", "*.txt")))
-    if not os.path.isfile(test_csv) or not trial_lists:
-        raise FileNotFoundError(
-            f"{prep} has no test.csv or trials/*.txt: give train.py --trial_lists=[...] first"
-        )
+    trial_paths, calibration_path, utterance_rows, train_rows = check_inputs(hp)
+    record = model_record(hp["model_folder"])
     out = hp["output_folder"]
-    os.makedirs(out, exist_ok=True)
+    with exclusive_output_folder(out) as tmp:
+        modules = load_model(hp["model_folder"], device)
+        ids, emb, durations = embed_rows(utterance_rows, os.path.join(tmp, "test_utterances.csv"), modules,
+                                         device, "test utterances", hp["sample_rate"])
+        test_npz = os.path.join(tmp, "embeddings_test.npz")
+        save_embeddings(test_npz, ids, emb, durations=durations, model=record)
+        cohort_rows = cohort_subset(train_rows, hp["cohort_utterances_per_speaker"])
+        train_ids, train_emb, train_durations = embed_rows(
+            cohort_rows, os.path.join(tmp, "cohort.csv"), modules, device, "cohort utterances",
+            hp["sample_rate"], max_seconds=hp["cohort_max_seconds"])
+        speakers = [row["spk_id"] for row in cohort_rows]
+        train_npz = os.path.join(tmp, "embeddings_train.npz")
+        save_embeddings(train_npz, train_ids, train_emb, speakers, train_durations, model=record)
 
-    model = load_model(hp["model_folder"], device)
-    modules = (model.mods.compute_features, model.mods.mean_var_norm, model.mods.embedding_model)
-    ids, emb = embed_dataset(utterance_dataset(test_csv, hp["sample_rate"]), *modules, device=device, desc="test utterances")
-    test_npz = os.path.join(out, "embeddings_test.npz")
-    save_embeddings(test_npz, ids, emb)
-
-    cohort_csv = cohort_subset(
-        os.path.join(prep, "train.csv"), os.path.join(out, "cohort.csv"), hp["cohort_utterances_per_speaker"]
-    )
-    cohort = utterance_dataset(cohort_csv, hp["sample_rate"], max_seconds=hp["cohort_max_seconds"])
-    train_ids, train_emb = embed_dataset(cohort, *modules, device=device, desc="cohort utterances")
-    speakers = [cohort.data[i]["spk_id"] for i in train_ids]
-    train_npz = os.path.join(out, "embeddings_train.npz")
-    save_embeddings(train_npz, train_ids, train_emb, speakers)
-
-    combined = {}
-    for norm in ("none", "asnorm"):
-        name = "cosine" if norm == "none" else norm
-        argv = ["--embeddings", str(test_npz), "--trials", *trial_lists, "--output-dir",
-                os.path.join(out, name), "--train-embeddings", str(train_npz), "--norm", norm,
-                "--top-n", str(hp["top_n"])]
-        if hp["calibrate"]:
-            argv += ["--calibrate-on", trial_lists[0]]
-        for list_name, metrics in scorer.main(argv).items():
-            combined[f"{list_name} ({name})"] = metrics
-    table = write_results(out, combined, settings={"model_folder": hp["model_folder"], "top_n": hp["top_n"]})
+        combined = {}
+        for norm in ("none", "asnorm"):
+            name = "cosine" if norm == "none" else norm
+            argv = ["--embeddings", test_npz, "--trials", *trial_paths, "--output-dir", os.path.join(out, name),
+                    "--train-embeddings", train_npz, "--norm", norm, "--top-n", str(hp["top_n"])]
+            if calibration_path:
+                argv += ["--calibrate-on", calibration_path]
+                argv += ["--quality-measures", *hp["calibration_quality"]] if hp["calibration_quality"] else []
+            for list_name, metrics in scorer.score_into(scorer.parse_args(argv), os.path.join(tmp, name), warn=False).items():
+                combined[f"{list_name} ({name})"] = metrics
+        settings = {"top_n": hp["top_n"], "cohort": f"{len(set(speakers))} speaker means of "
+                    f"{len(train_ids)} training utterances (first {hp['cohort_max_seconds']:g} s)"}
+        if calibration_path:
+            settings["calibration"] = (f"{calibration_path}, quality measures: "
+                                       f"{', '.join(hp['calibration_quality']) or 'none'} (see cosine/, asnorm/)")
+        table = write_results(tmp, combined, settings=settings, model=record)
     print(table)
+    print(f"written to {out}")
     return combined
 
 
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except (ValueError, FileNotFoundError) as error:  # bad input: one line, no traceback
+    except (ValueError, OutputFolderError) as error:  # bad input or a busy folder: one line
         sys.exit(f"error: {error}")
+    except OSError as error:  # the operating system: the path and the cause
+        sys.exit(f"error: {describe_os_error(error)}")

@@ -39,12 +39,17 @@ from speechbrain.utils.checkpoints import average_checkpoints
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from sb_sphereface2.data.augmentation import prepare_musan, write_augment_csv
-from sb_sphereface2.data.dataio import load_label_encoder, read_speakers, training_dataset, utterance_dataset
+from sb_sphereface2.data.dataio import training_dataset, utterance_dataset
 from sb_sphereface2.data.prepare import prepare_voxceleb
+from sb_sphereface2.data.shard_writer import pack_shards
+from sb_sphereface2.data.shards import shard_loader
+from sb_sphereface2.data.speakers import check_classes, label_encoder, read_speakers
+from sb_sphereface2.data.speed import speed_labels, training_speeds
 from sb_sphereface2.data.trials import read_trials
 from sb_sphereface2.files import remove_stale_temporaries, write_text_atomic
 from sb_sphereface2.hparams import HparamsError, compose_hparams_yaml, parse_overrides
 from sb_sphereface2.losses.margins import closed_form_bias
+from sb_sphereface2.pretrained.initialise import initialise_from_model_folder
 from sb_sphereface2.pretrained.folder import check_model_folder, inference_hparams_yaml, write_model_folder
 from sb_sphereface2.training.brain import SpeakerBrain
 from sb_sphereface2.training.checkpoints import CheckpointMismatchError, CheckpointWriteError
@@ -56,7 +61,8 @@ logger = logging.getLogger(__name__)
 
 
 def prepare_data(settings):
-    """Data preparation (main process only): CSVs, trial lists, augmentation CSVs."""
+    """Data preparation (main process only): audio check, segments, CSVs, trial lists,
+    augmentation CSVs."""
     folder = settings["data_prep_folder"]
     result = prepare_voxceleb(
         settings["data_folder"],
@@ -64,8 +70,14 @@ def prepare_data(settings):
         trial_lists=settings["trial_lists"] or (),
         dev_speakers=settings["dev_speakers"],
         dev_trials=settings["dev_trials"],
-        speed_perturb=settings["speed_perturb"],
+        test_speakers=settings["test_speakers"],
+        test_trials=settings["test_trials"],
+        segmentation=settings["segmentation"],
+        segment_seconds=settings["segment_seconds"],
         sample_rate=settings["sample_rate"],
+        min_seconds=settings["min_audio_seconds"],
+        drop_bad_audio=settings["drop_bad_audio"],
+        num_workers=settings["prep_workers"],
         seed=settings["seed"],
     )
     if settings["augment"]:
@@ -116,41 +128,59 @@ def per_process_batch(total, world_size):
 
 
 def label_encoder_for(settings, train_csv):
-    """The training label encoder: built from train.csv, or the pretrained model's when
-    fine-tuning (its head keeps its classes)."""
-    path = os.path.join(settings["data_prep_folder"], "label_encoder.txt")
+    """The training label encoder: speakers x speeds (speed-specific classes), built from
+    train.csv, or the pretrained model's when fine-tuning (its head keeps its classes)."""
+    labels = speed_labels(read_speakers(train_csv), training_speeds(settings["speed_perturb"]))
     pretrained = settings.get("pretrained_model")
     if not pretrained:
-        run_on_main(load_label_encoder, args=[train_csv, path])
-        return load_label_encoder(train_csv, path), path
+        path = os.path.join(settings["data_prep_folder"], "label_encoder.txt")
+        return label_encoder(labels, path), path
     path = os.path.join(pretrained, "label_encoder.txt")
     encoder = CategoricalEncoder()
     encoder.load(path)
-    unknown = sorted(set(read_speakers(train_csv)) - set(encoder.lab2ind))
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} training speakers are not classes of the pretrained model "
-            f"{pretrained} (first: {unknown[0]}); fine-tune on the speakers it was trained on"
-        )
+    check_classes(encoder, labels, f"the pretrained model {pretrained}")
     return encoder, path
 
 
-def load_pretrained(hparams, folder):
-    """Load the embedding model, the head and the loss state of a model folder."""
-    for name in ("embedding_model", "classifier", "compute_cost"):
-        path = os.path.join(folder, f"{name}.ckpt")
-        if name == "compute_cost" and not os.path.isfile(path):
-            continue
-        state = torch.load(path, map_location="cpu")
-        hparams[name].load_state_dict(state)
+def training_input(hparams, train_csv, encoder, batch_size):
+    """The training data as ``(train_set, loader_kwargs)``: the CSV's utterances
+    (``data_source: csv``) or tar shards packed from it (``data_source: shards``);
+    ``batch_size`` per process."""
+    common = dict(
+        crop_seconds=hparams["crop_seconds"],
+        sample_rate=hparams["sample_rate"],
+        speeds=training_speeds(hparams["speed_perturb"]),
+        seed=hparams["seed"],
+        epoch_source=hparams["epoch_counter"],
+    )
+    source = hparams.get("data_source", "csv")
+    if source == "csv":
+        return training_dataset(train_csv, encoder, **common), {**hparams["dataloader_options"], "batch_size": batch_size}
+    if source != "shards":
+        raise ValueError(f"data_source must be csv or shards, got {source!r}")
+    folder = hparams["shard_folder"]
+    run_on_main(
+        pack_shards, args=[train_csv, folder],
+        kwargs={"utterances_per_shard": hparams["utterances_per_shard"], "sample_rate": hparams["sample_rate"],
+                "seed": hparams["seed"]},
+    )
+    options = {k: v for k, v in hparams["dataloader_options"].items() if k != "batch_size"}
+    loader = shard_loader(
+        folder, encoder, batch_size, num_workers=options.pop("num_workers", 0),
+        shuffle_buffer=hparams["shuffle_buffer"], **common, **options,
+    )
+    hparams["checkpointer"].add_recoverable("shard_loader", loader)  # its place in an epoch
+    return loader, {}
 
 
 def init_encoder(hparams, source):
     """Fine-tuning a pretrained speaker model on new speakers: load only its embedding model
     (strict), keep the new head (closed-form bias) built for the new classes."""
-    from sb_sphereface2.pretrained.export import init_encoder_from
+    from sb_sphereface2.pretrained.initialise import initialise_encoder_from
 
-    path = init_encoder_from(hparams["embedding_model"], source, savedir=os.path.join(hparams["output_folder"], "init_encoder"))
+    path = initialise_encoder_from(
+        hparams["embedding_model"], source, savedir=os.path.join(hparams["output_folder"], "init_encoder")
+    )
     logger.info("embedding model initialised from %s", path)
 
 
@@ -169,6 +199,8 @@ def bias_at_starting_margin(hparams):
 
 def average_into_model_folder(brain, hparams, stage_file, overrides, num_classes, encoder_path):
     """Average the last epoch checkpoints and write the model folder (main process)."""
+    from sb_sphereface2.pretrained.card import training_hparams_text
+
     checkpoints = brain.checkpointer.find_checkpoints(
         max_num_checkpoints=hparams["average_last"], ckpt_predicate=lambda c: "epoch" in c.meta
     )
@@ -180,13 +212,11 @@ def average_into_model_folder(brain, hparams, stage_file, overrides, num_classes
         if not list(module.parameters()) and not list(module.buffers()):
             continue
         states[name] = average_checkpoints(checkpoints, name)
-    text = inference_hparams_yaml(stage_file, overrides, num_classes=num_classes)
-    composed = compose_hparams_yaml(stage_file, {**overrides, "num_classes": num_classes})
     epochs = sorted(int(c.meta["epoch"]) for c in checkpoints)
-    note = f"# averaged epochs: {epochs}\n"
     write_model_folder(
-        hparams["model_folder"], text, states, encoder_path,
-        extra_files={"train_hparams.yaml": note + composed},
+        hparams["model_folder"], inference_hparams_yaml(stage_file, overrides, num_classes=num_classes),
+        states, encoder_path,
+        extra_files={"train_hparams.yaml": training_hparams_text(stage_file, overrides, epochs, num_classes)},
     )
     logger.info("averaged epochs %s into %s", epochs, hparams["model_folder"])
 
@@ -229,19 +259,14 @@ def main(argv):
     if if_main_process():
         write_text_atomic(os.path.join(settings["output_folder"], "hyperparams.yaml"), composed)
     if settings.get("pretrained_model"):
-        load_pretrained(hparams, settings["pretrained_model"])
+        loaded = initialise_from_model_folder(hparams, settings["pretrained_model"])  # strict
+        logger.info("initialised %s from %s", ", ".join(sorted(loaded)), settings["pretrained_model"])
     else:
         bias_at_starting_margin(hparams)
     if settings.get("init_encoder_from"):
         init_encoder(hparams, settings["init_encoder_from"])
 
-    train_set = training_dataset(
-        train_csv,
-        encoder,
-        crop_seconds=hparams["crop_seconds"],
-        sample_rate=hparams["sample_rate"],
-        speed_perturbed=hparams["speed_perturb"],
-    )
+    train_set, train_loader_kwargs = training_input(hparams, train_csv, encoder, per_process)
     brain = SpeakerBrain(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
@@ -249,17 +274,20 @@ def main(argv):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    if prepared.get("dev_csv"):
+    meaningful = prepared.get("summary", {}).get("dev", {}).get("meaningful", True)
+    if prepared.get("dev_csv") and meaningful:
         valid_set = utterance_dataset(prepared["dev_csv"], hparams["sample_rate"])
         brain.dev_trials = read_trials(prepared["dev_trials"])
     else:
-        logger.info("validation is off: no held-out speakers (dev_speakers=%s)", settings["dev_speakers"])
+        logger.info("validation is off: %s", "too few held-out speakers and trials for a meaningful EER "
+                    "(at least 20 speakers or 1,000 trials)" if prepared.get("dev_csv") else
+                    f"no held-out speakers (dev_speakers={settings['dev_speakers']})")
         valid_set = []  # the (empty) validation stage still saves the epoch checkpoint
     brain.fit(
         hparams["epoch_counter"],
         train_set,
         valid_set,
-        train_loader_kwargs={**hparams["dataloader_options"], "batch_size": per_process},
+        train_loader_kwargs=train_loader_kwargs,
         valid_loader_kwargs={"batch_size": 1},
     )
     if if_main_process():

@@ -19,7 +19,7 @@ Each CSV is skipped when a manifest beside it shows the same inputs.
 import json
 import os
 
-import numpy as np
+import numpy as np  # noqa: F401 (the doctests use it)
 import soundfile
 import torch
 from tqdm.auto import tqdm

@@ -1,307 +1,131 @@
-"""VoxCeleb-style data preparation: speaker/session/utterance folders into SpeechBrain CSVs.
+"""Data preparation: folders of speakers' recordings into SpeechBrain CSVs and trial lists.
 
-Any folder shaped like ``<root>/<speaker>/<session>/<utterance>.wav`` (or ``.flac``)
-works, whatever the dataset: VoxCeleb1/2 (after converting VoxCeleb2's ``.m4a``, see
-``recipes/VoxCeleb/convert_m4a.sh``), LibriSpeech, or the synthetic corpus of
-:mod:`tools.synthetic_corpus`. Several roots can be combined (VoxCeleb2-dev
-for training with VoxCeleb1 for the trial lists); utterance IDs are paths relative to
-their root without extension (:func:`sb_sphereface2.data.trials.utterance_id`), so they
-must not collide across roots.
+A speaker folder holds recordings directly (``<root>/<speaker>/<recording>.wav``, e.g.
+one long recording per speaker) or in session folders
+(``<root>/<speaker>/<session>/<utterance>.wav`` or ``.flac``: VoxCeleb after converting
+VoxCeleb2's ``.m4a`` with ``recipes/VoxCeleb/convert_m4a.sh``, LibriSpeech, the
+synthetic corpus of :mod:`tools.synthetic_corpus`), in any mix. Several roots can be
+combined (VoxCeleb2-dev for training with VoxCeleb1 for the trial lists); utterance IDs
+are paths relative to their root without extension
+(:func:`sb_sphereface2.data.trials.utterance_id`), so they must not collide.
+
+Steps: every file is decoded once and checked (:mod:`sb_sphereface2.data.audio_check`:
+decode errors, NaN/inf samples, sample rate, clips under ``min_seconds``; cached, in
+worker processes); long recordings are cut into segments
+(:mod:`sb_sphereface2.data.segments`); speakers outside the trial lists are split into
+training, validation and held-out test speakers with generated trial lists
+(:mod:`sb_sphereface2.data.heldout`).
 
 Outputs in ``save_folder`` (all written atomically, the manifest last):
 
-- ``train.csv``: ``ID,duration,wav,start,stop,spk_id,speed``, every utterance of the
-  training speakers (neither in a trial list nor held out for validation). start/stop
-  are samples (the whole file). With speed perturbation each utterance appears three
-  times: ``speed`` 1.0, 0.9 and 1.1; the perturbed copies are new speakers
-  (``<spk>@sp0.9``) with IDs ``<utt>@sp0.9`` and duration = original / speed.
-- ``dev.csv`` and ``dev_trials.txt``: a few held-out speakers (not in train, not in
-  any trial list) and balanced target/non-target trials among their utterances, for
-  a per-epoch EER. Targets prefer different sessions. Deterministic given ``seed``.
-- ``test.csv``: every utterance named by the trial lists, and a copy of each list in
-  ``trials/<name>.txt``.
+- ``train.csv``: ``ID,duration,wav,start,stop,spk_id``, one row per utterance or
+  segment of the training speakers (start/stop in samples). Speed perturbation is
+  not written here: the data loader draws a speed per read.
+- ``dev.csv`` and ``dev_trials.txt``: held-out validation speakers and balanced
+  target/non-target trials among their items, for the per-epoch EER.
+- ``test.csv``: every utterance named by the trial lists (copied to
+  ``trials/<name>.txt``) and the items of the held-out test speakers, whose
+  generated list is ``trials/heldout.txt``.
+- ``bad_audio.txt``: the files that failed the check, with the reason (tab-separated).
+- ``prepare_summary.json``: counts of files, segments and the split.
 - ``prepare_manifest.json``: what the outputs were made from (folders, a fingerprint
   of every audio file's path, size and modification time, the options, the trial
   lists' hashes) and the outputs' hashes. A second call with the same inputs and
   intact outputs does nothing.
 
-Bad input raises a one-line error before anything is written: a missing folder, no
-audio in the expected layout, an unreadable or empty audio file, a sample rate other
-than ``sample_rate``, a trial list with a bad line or naming a missing utterance.
+Bad input raises a one-line ``ValueError`` (``FileNotFoundError`` for a missing
+folder or list) before any CSV is written: no audio in the expected layout, damaged
+audio (unless ``drop_bad_audio``), a trial list with a bad line or naming a missing
+utterance, a data-prep folder that cannot be written.
 """
 
-import hashlib
+import csv
+import json
 import logging
 import os
-from collections import defaultdict
-from dataclasses import dataclass
 
-import numpy as np
-import soundfile
-from tqdm.auto import tqdm
-
+from sb_sphereface2.data.audio_check import BAD_AUDIO_NAME, CACHE_FOLDER, screen_audio
+from sb_sphereface2.data.audio_files import find_audio_files, fingerprint
+from sb_sphereface2.data.heldout import make_trials, split_speakers
+from sb_sphereface2.data.prep_summary import build_summary, log_summary
+from sb_sphereface2.data.segments import make_items
+from sb_sphereface2.data.trials import read_trials, speaker_of, utterance_id, write_trials
 from sb_sphereface2.files import (
+    atomic_write,
     copy_atomic,
     file_sha256,
     outputs_intact,
     read_manifest,
-    write_csv_atomic,
+    remove_stale_temporaries,
+    temporary_path,
+    write_json_atomic,
     write_manifest,
 )
-from sb_sphereface2.data.trials import TrialList, read_trials, speaker_of, utterance_id, write_trials
 
 logger = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac")
-CSV_HEADER = ["ID", "duration", "wav", "start", "stop", "spk_id", "speed"]
+CSV_HEADER = ["ID", "duration", "wav", "start", "stop", "spk_id"]
 MANIFEST_NAME = "prepare_manifest.json"
-PREPARE_VERSION = 1
-
-
-@dataclass
-class AudioFile:
-    """One utterance found on disk.
-
-    Arguments
-    ---------
-    utt_id : str
-        Path relative to its root without extension, e.g. ``id10270/x6uYqmx31kE/00001``.
-    path : str
-        Absolute path of the audio file.
-    size : int
-        File size in bytes.
-    mtime_ns : int
-        Modification time in nanoseconds.
-    """
-
-    utt_id: str
-    path: str
-    size: int
-    mtime_ns: int
-
-
-def speed_suffix(speed):
-    """Suffix that marks speed-perturbed IDs and speakers.
-
-    Example
-    -------
-    >>> speed_suffix(0.9), speed_suffix(1.1)
-    ('@sp0.9', '@sp1.1')
-    """
-    return f"@sp{speed:g}"
+SUMMARY_NAME = "prepare_summary.json"
+HELDOUT_LIST = "heldout"
+PREPARE_VERSION = 2
 
 
 def _one_line(error):
     return " ".join(str(error).split())
 
 
-def find_audio_files(data_folder):
-    """All ``<speaker>/<session>/<utterance>.{wav,flac}`` files under one root.
-
-    Hidden files (names starting with ``.``, e.g. unfinished conversions) are ignored.
-
-    Arguments
-    ---------
-    data_folder : str or os.PathLike
-        Folder that holds the speaker folders.
-
-    Returns
-    -------
-    list of AudioFile
-        Sorted by utterance ID.
-
-    Raises
-    ------
-    FileNotFoundError
-        The folder does not exist.
-    ValueError
-        No audio file at depth 3, or one ID given by both a WAV and a FLAC file.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> root = tempfile.mkdtemp()
-    >>> os.makedirs(os.path.join(root, "spk1", "sess1"))
-    >>> soundfile.write(os.path.join(root, "spk1", "sess1", "00001.wav"), np.zeros(160), 16000)
-    >>> [f.utt_id for f in find_audio_files(root)]
-    ['spk1/sess1/00001']
-    """
-    root = os.path.abspath(os.fspath(data_folder))
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"data folder not found: {root}")
-    found, elsewhere = {}, 0
-    for folder, subfolders, names in os.walk(root):
-        subfolders.sort()
-        depth = 0 if folder == root else os.path.relpath(folder, root).count(os.sep) + 1
-        for name in names:
-            if name.startswith(".") or os.path.splitext(name)[1].lower() not in AUDIO_EXTENSIONS:
-                continue  # hidden files are temporary or system files
-            if depth != 2:
-                elsewhere += 1
-                continue
-            path = os.path.join(folder, name)
-            utt = utterance_id(os.path.relpath(path, root))
-            if utt in found:
-                raise ValueError(f"{root}: utterance {utt} exists as both {found[utt].path} and {path}")
-            stat = os.stat(path)
-            found[utt] = AudioFile(utt, path, stat.st_size, stat.st_mtime_ns)
-    if not found:
-        hint = (
-            f" ({elsewhere} audio files at other depths: point data_folder at the folder "
-            "that holds the speaker folders)"
-            if elsewhere
-            else ""
-        )
-        raise ValueError(f"{root}: no <speaker>/<session>/<utterance>.wav or .flac files{hint}")
-    if elsewhere:
-        logger.warning("%s: ignored %d audio files outside <speaker>/<session>/", root, elsewhere)
-    return [found[u] for u in sorted(found)]
-
-
-def read_audio_info(path, sample_rate=16000):
-    """Number of samples and sample rate of an audio file, with one-line errors.
-
-    Arguments
-    ---------
-    path : str
-        Audio file.
-    sample_rate : int or None
-        Required sample rate; None accepts any.
-
-    Returns
-    -------
-    (int, int)
-        Frames and sample rate.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> path = os.path.join(tempfile.mkdtemp(), "a.wav")
-    >>> soundfile.write(path, np.zeros(800), 16000)
-    >>> read_audio_info(path)
-    (800, 16000)
-    >>> open(path, "wb").close()
-    >>> read_audio_info(path)
-    Traceback (most recent call last):
-    ...
-    ValueError: ...a.wav: empty audio file (0 bytes)
-    """
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"{path}: empty audio file (0 bytes)")
-    try:
-        info = soundfile.info(path)
-    except Exception as error:  # libsndfile raises its own error types
-        raise ValueError(f"{path}: unreadable audio file ({_one_line(error)})") from None
-    if info.frames <= 0:
-        raise ValueError(f"{path}: empty audio file (no samples)")
-    if sample_rate is not None and info.samplerate != sample_rate:
-        raise ValueError(
-            f"{path}: sample rate {info.samplerate} Hz, expected {sample_rate} Hz "
-            "(resample the corpus or set sample_rate)"
-        )
-    return int(info.frames), int(info.samplerate)
-
-
-def _fingerprint(files):
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f"{f.path}\t{f.size}\t{f.mtime_ns}\n".encode())
-    return digest.hexdigest()
+def _first_trial_line(trial_path, wanted):
+    """(line number, field) of the first trial naming an utterance in ``wanted``."""
+    with open(trial_path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            fields = line.split()
+            if len(fields) == 3 and not fields[0].startswith("#"):
+                for field in fields[1:]:
+                    if utterance_id(field) in wanted:
+                        return number, field
+    return 0, sorted(wanted)[0]
 
 
 def _check_trial_ids(trial_path, trials, known, folders):
     """Raise on the first trial line that names an utterance not on disk."""
     missing = {u for u in trials.utterances() if u not in known}
-    if not missing:
-        return
-    with open(trial_path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            fields = line.split()
-            if len(fields) != 3:
-                continue
-            for field in fields[1:]:
-                utt = utterance_id(field)
-                if utt in missing:
-                    where = " or ".join(folders)
-                    raise ValueError(
-                        f"{trial_path}:{number}: unknown utterance {field!r}: "
-                        f"no {utt}.wav or {utt}.flac under {where}"
-                    )
-    raise ValueError(f"{trial_path}: unknown utterances {sorted(missing)[:3]}")  # unreachable
+    if missing:
+        number, field = _first_trial_line(trial_path, missing)
+        utt = utterance_id(field)
+        raise ValueError(
+            f"{trial_path}:{number}: unknown utterance {field!r}: "
+            f"no {utt}.wav or {utt}.flac under {' or '.join(folders)}"
+        )
 
 
-def _rows(utts, files_by_id, frames, rates, speeds=(1.0,)):
-    rows = []
-    for speed in speeds:
-        suffix = "" if speed == 1.0 else speed_suffix(speed)
-        for utt in utts:
-            n = frames[utt]
-            rows.append(
-                [
-                    utt + suffix,
-                    f"{n / rates[utt] / speed:.4f}",
-                    files_by_id[utt].path,
-                    0,
-                    n,
-                    speaker_of(utt) + suffix,
-                    str(float(speed)),
-                ]
+def _ensure_writable(save_folder):
+    """Create the folder, remove leftovers of dead processes, and prove a file can be
+    written there; one-line error naming the folder and the cause otherwise."""
+    try:
+        os.makedirs(save_folder, exist_ok=True)
+        probe = temporary_path(os.path.join(save_folder, "write_probe"))
+        with open(probe, "w", encoding="utf-8"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        cause = error.strerror or _one_line(error)
+        raise ValueError(f"cannot write to the data-prep folder {save_folder}: {cause}") from None
+    for folder in (save_folder, os.path.join(save_folder, "trials"), os.path.join(save_folder, CACHE_FOLDER)):
+        removed = remove_stale_temporaries(folder)
+        if removed:
+            logger.info("%s: removed %d temporary files of interrupted runs", folder, len(removed))
+
+
+def _write_items(path, items):
+    """Write a CSV of items, streamed (the rows are never all in memory as text)."""
+    with atomic_write(path) as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(CSV_HEADER)
+        for item in items:
+            writer.writerow(
+                [item.id, f"{item.duration:.4f}", item.path, item.start, item.stop, item.speaker]
             )
-    return rows
-
-
-def make_dev_trials(utts, num_trials, seed):
-    """Balanced target / non-target trials among utterances of held-out speakers.
-
-    Targets are drawn first from pairs across sessions, then within a session;
-    non-targets from pairs of different speakers. Vectorised over all pairs.
-
-    Arguments
-    ---------
-    utts : list of str
-        Utterance IDs (``speaker/session/utt``).
-    num_trials : int
-        Wanted number of trials (half targets); fewer when there are not enough
-        target pairs.
-    seed : int
-        Seed of the draw.
-
-    Returns
-    -------
-    TrialList
-        Named ``dev_trials``.
-
-    Example
-    -------
-    >>> utts = [f"{s}/{k}/{u}" for s in "ab" for k in ("s1", "s2") for u in ("1", "2")]
-    >>> t = make_dev_trials(utts, 6, seed=0)
-    >>> len(t), int(t.labels.sum())
-    (6, 3)
-    """
-    utts = sorted(utts)
-    speaker = np.array([speaker_of(u) for u in utts])
-    session = np.array([u.rsplit("/", 1)[0] for u in utts])
-    first, second = np.triu_indices(len(utts), k=1)
-    same_speaker = speaker[first] == speaker[second]
-    cross_session = session[first] != session[second]
-    rng = np.random.default_rng(seed)
-    targets_cross = rng.permutation(np.flatnonzero(same_speaker & cross_session))
-    targets_within = rng.permutation(np.flatnonzero(same_speaker & ~cross_session))
-    targets = np.concatenate([targets_cross, targets_within])
-    nontargets = np.flatnonzero(~same_speaker)
-    count = min(num_trials // 2, len(targets), len(nontargets))
-    if count == 0:
-        raise ValueError("held-out speakers give no target or no non-target trial")
-    chosen = np.concatenate([targets[:count], rng.choice(nontargets, size=count, replace=False)])
-    labels = np.concatenate([np.ones(count, np.int8), np.zeros(count, np.int8)])
-    order = rng.permutation(2 * count)
-    chosen, labels = chosen[order], labels[order]
-    swap = rng.random(2 * count) < 0.5
-    enrol = np.where(swap, second[chosen], first[chosen])
-    test = np.where(swap, first[chosen], second[chosen])
-    return TrialList(
-        "dev_trials", labels, [utts[i] for i in enrol], [utts[i] for i in test]
-    )
 
 
 def prepare_voxceleb(
@@ -309,14 +133,20 @@ def prepare_voxceleb(
     save_folder,
     trial_lists=(),
     dev_speakers=10,
-    dev_utterances_per_speaker=20,
     dev_trials=1000,
-    speed_perturb=False,
-    speed_factors=(0.9, 1.1),
+    test_speakers=0,
+    test_trials=2000,
+    heldout_utterances_per_speaker=20,
+    segmentation="auto",
+    segment_seconds=3.0,
     sample_rate=16000,
+    min_seconds=0.5,
+    drop_bad_audio=False,
+    num_workers=None,
     seed=1234,
+    speed_perturb=None,
 ):
-    """Write train/dev/test CSVs and trial lists for a VoxCeleb-layout corpus.
+    """Write train/dev/test CSVs and trial lists for a folder of speakers' recordings.
 
     See the module docstring for the outputs. Safe to call from every DDP process
     through ``speechbrain.utils.distributed.run_on_main``.
@@ -324,7 +154,7 @@ def prepare_voxceleb(
     Arguments
     ---------
     data_folder : str or list of str
-        Root(s) holding ``<speaker>/<session>/<utterance>.{wav,flac}``.
+        Root(s) holding speaker folders.
     save_folder : str
         Where the CSVs, trial lists and manifest go (created if needed).
     trial_lists : sequence of str
@@ -333,53 +163,73 @@ def prepare_voxceleb(
         distinct.
     dev_speakers : int
         Speakers held out for the validation EER (0: no dev set).
-    dev_utterances_per_speaker : int
-        At most this many utterances per dev speaker (drawn with ``seed``).
     dev_trials : int
         Wanted number of validation trials, half targets.
-    speed_perturb : bool
-        Add speed-perturbed copies of the training utterances as new speakers.
-    speed_factors : tuple of float
-        Speeds of the perturbed copies.
+    test_speakers : int
+        Speakers held out for a generated test list, ``trials/heldout.txt`` (0: none).
+    test_trials : int
+        Wanted number of held-out test trials, half targets.
+    heldout_utterances_per_speaker : int
+        At most this many utterances or segments per held-out speaker (drawn).
+    segmentation : str
+        Which recordings are cut into segments: "auto" (those of speakers with one
+        recording), "all" or "none" (see :mod:`sb_sphereface2.data.segments`).
+    segment_seconds : float
+        Shortest segment; segments are 1-2 times this long.
     sample_rate : int or None
         Required sample rate of every file (None: any).
+    min_seconds : float
+        Files shorter than this are bad audio.
+    drop_bad_audio : bool
+        Leave bad files out (listed in ``bad_audio.txt``) instead of stopping.
+    num_workers : int, optional
+        Processes decoding the audio (default: the CPUs, at most 16).
     seed : int
-        Seed of the dev speaker and trial draws.
+        Seed of the held-out speaker and trial draws.
+    speed_perturb : optional
+        Ignored (kept so that older calls work): train.csv has one row per item and
+        the data loader draws the speeds.
 
     Returns
     -------
     dict
-        ``train_csv``, ``dev_csv``, ``dev_trials``, ``test_csv`` (paths or None) and
-        ``trial_lists`` ({name: path of the copy}).
+        ``train_csv``, ``dev_csv``, ``dev_trials``, ``test_csv``, ``bad_audio`` (paths or
+        None), ``trial_lists`` ({name: path of the copy}) and ``summary`` (the counts of
+        ``prepare_summary.json``).
 
     Example
     -------
-    >>> import tempfile
+    >>> import logging, tempfile, numpy as np, soundfile
+    >>> logging.disable(logging.WARNING)
     >>> root, save = tempfile.mkdtemp(), tempfile.mkdtemp()
-    >>> for spk in ("a", "b", "c", "d"):
-    ...     for sess in ("s1", "s2"):
-    ...         os.makedirs(os.path.join(root, spk, sess))
-    ...         soundfile.write(os.path.join(root, spk, sess, "00001.wav"), np.zeros(1600), 16000)
-    >>> out = prepare_voxceleb(root, save, dev_speakers=2, speed_perturb=True)
+    >>> for spk in "abcdef":  # one 10 s recording per speaker
+    ...     os.makedirs(os.path.join(root, spk))
+    ...     soundfile.write(os.path.join(root, spk, "rec.wav"), np.random.randn(160000) * 0.1, 16000)
+    >>> out = prepare_voxceleb(root, save, dev_speakers=2, test_speakers=2, num_workers=1)
     >>> import csv
     >>> rows = list(csv.DictReader(open(out["train_csv"])))
-    >>> len(rows), len({r["spk_id"] for r in rows}), sorted({r["speed"] for r in rows})
-    (12, 6, ['0.9', '1.0', '1.1'])
+    >>> len(rows), rows[0]["ID"], rows[0]["start"], rows[0]["stop"], rows[0]["duration"]
+    (6, 'a/rec@001', '0', '53333', '3.3333')
+    >>> out["summary"]["dev"]["trials"], out["summary"]["heldout"]["trials"]  # 2 cross-half targets each
+    (8, 8)
+    >>> logging.disable(logging.NOTSET)
     """
+    del speed_perturb
     folders = [data_folder] if isinstance(data_folder, (str, os.PathLike)) else list(data_folder)
     folders = [os.path.abspath(os.fspath(f)) for f in folders]
     save_folder = os.path.abspath(os.fspath(save_folder))
     trial_paths = [os.path.abspath(os.fspath(p)) for p in trial_lists]
-    speed_factors = tuple(float(s) for s in speed_factors)
-    if dev_speakers < 0 or dev_speakers == 1:
-        raise ValueError(f"dev_speakers must be 0 or at least 2, got {dev_speakers}")
-    if speed_perturb and (not speed_factors or any(s <= 0 or s == 1.0 for s in speed_factors)):
-        raise ValueError(f"speed_factors must be positive and not 1.0, got {speed_factors}")
+    for name, count in (("dev_speakers", dev_speakers), ("test_speakers", test_speakers)):
+        if count < 0 or count == 1:
+            raise ValueError(f"{name} must be 0 or at least 2, got {count}")
+    if heldout_utterances_per_speaker < 2:
+        raise ValueError(f"heldout_utterances_per_speaker must be at least 2, got {heldout_utterances_per_speaker}")
 
     # 1. Inputs: files on disk and trial lists (cheap), fingerprinted for the manifest.
     files = []
     for folder in folders:
         files.extend(find_audio_files(folder))
+    num_files = len(files)
     files_by_id = {}
     for f in files:
         if f.utt_id in files_by_id:
@@ -390,105 +240,116 @@ def prepare_voxceleb(
     trials = {}
     for path in trial_paths:
         parsed = read_trials(path)
-        if parsed.name in trials or parsed.name == "dev_trials":
-            raise ValueError(f"{path}: trial list name {parsed.name!r} is used twice")
+        if parsed.name in trials or parsed.name in ("dev_trials", HELDOUT_LIST):
+            raise ValueError(f"{path}: trial list name {parsed.name!r} is used twice or reserved")
         trials[parsed.name] = (path, parsed)
 
     options = {
         "dev_speakers": dev_speakers,
-        "dev_utterances_per_speaker": dev_utterances_per_speaker,
         "dev_trials": dev_trials,
-        "speed_perturb": bool(speed_perturb),
-        "speed_factors": list(speed_factors) if speed_perturb else [],
+        "test_speakers": test_speakers,
+        "test_trials": test_trials,
+        "heldout_utterances_per_speaker": heldout_utterances_per_speaker,
+        "segmentation": segmentation,
+        "segment_seconds": segment_seconds,
         "sample_rate": sample_rate,
+        "min_seconds": min_seconds,
+        "drop_bad_audio": bool(drop_bad_audio),
         "seed": seed,
     }
     inputs = {
         "version": PREPARE_VERSION,
         "data_folders": folders,
         "num_files": len(files),
-        "files_sha256": _fingerprint(files),
+        "files_sha256": fingerprint(files),
         "trial_lists": {name: [p, file_sha256(p)] for name, (p, _) in trials.items()},
         "options": options,
     }
+    trial_copies = {name: os.path.join(save_folder, "trials", f"{name}.txt") for name in trials}
+    if test_speakers:
+        trial_copies[HELDOUT_LIST] = os.path.join(save_folder, "trials", f"{HELDOUT_LIST}.txt")
     result = {
         "train_csv": os.path.join(save_folder, "train.csv"),
         "dev_csv": os.path.join(save_folder, "dev.csv") if dev_speakers else None,
         "dev_trials": os.path.join(save_folder, "dev_trials.txt") if dev_speakers else None,
-        "test_csv": os.path.join(save_folder, "test.csv") if trials else None,
-        "trial_lists": {name: os.path.join(save_folder, "trials", f"{name}.txt") for name in trials},
+        "test_csv": os.path.join(save_folder, "test.csv") if trial_copies else None,
+        "trial_lists": trial_copies,
+        "bad_audio": None,
     }
     manifest_path = os.path.join(save_folder, MANIFEST_NAME)
     manifest = read_manifest(manifest_path)
     if manifest and manifest.get("inputs") == inputs and outputs_intact(manifest, save_folder):
+        with open(os.path.join(save_folder, SUMMARY_NAME), encoding="utf-8") as handle:
+            result["summary"] = json.load(handle)
+        if result["summary"]["bad_files"]:
+            result["bad_audio"] = os.path.join(save_folder, BAD_AUDIO_NAME)
         logger.info("Data preparation in %s is up to date, skipping", save_folder)
+        log_summary(result["summary"], save_folder)
         return result
 
-    # 2. Validate everything before writing anything.
-    for name, (path, parsed) in trials.items():
+    # 2. Validate everything before writing any CSV: trial lists, then the audio.
+    for path, parsed in trials.values():
         _check_trial_ids(path, parsed, files_by_id, folders)
-    frames, rates = {}, {}
-    for f in tqdm(files, desc="Reading audio durations", unit="file", mininterval=1.0):
-        frames[f.utt_id], rates[f.utt_id] = read_audio_info(f.path, sample_rate)
-
-    test_utts = sorted({u for _, parsed in trials.values() for u in parsed.utterances()})
-    trial_speakers = {speaker_of(u) for u in test_utts}
-    by_speaker = defaultdict(list)
-    for utt in files_by_id:
-        if speaker_of(utt) not in trial_speakers:
-            by_speaker[speaker_of(utt)].append(utt)
-    rng = np.random.default_rng(seed)
-    eligible = sorted(s for s, u in by_speaker.items() if len(u) >= 2)
-    if dev_speakers > len(eligible) or len(by_speaker) - dev_speakers < 2:
-        raise ValueError(
-            f"{len(by_speaker)} speakers remain outside the trial lists ({len(eligible)} with "
-            f"2+ utterances): too few for dev_speakers={dev_speakers} and 2+ training speakers"
+    _ensure_writable(save_folder)
+    test_utts = {u for _, parsed in trials.values() for u in parsed.utterances()}
+    try:
+        files, reports, dropped = screen_audio(
+            files, save_folder, sample_rate, min_seconds, drop_bad_audio, num_workers, protected=test_utts
         )
-    dev_set = set(rng.choice(eligible, size=dev_speakers, replace=False).tolist()) if dev_speakers else set()
-    train_utts = sorted(u for s, us in by_speaker.items() if s not in dev_set for u in us)
-    dev_utts = []
-    for spk in sorted(dev_set):
-        utts = sorted(by_speaker[spk])
-        if len(utts) > dev_utterances_per_speaker:
-            utts = sorted(rng.choice(utts, size=dev_utterances_per_speaker, replace=False).tolist())
-        dev_utts.extend(utts)
+    except OSError as error:  # the cache or bad_audio.txt (reading audio never raises)
+        raise ValueError(f"cannot write in the data-prep folder {save_folder}: {_one_line(error)}") from None
+    del files_by_id
 
-    # 3. Write: temporary files first, then the swaps, then the manifest.
-    os.makedirs(save_folder, exist_ok=True)
-    if trials:
-        os.makedirs(os.path.join(save_folder, "trials"), exist_ok=True)
-    if os.path.exists(manifest_path):
-        os.remove(manifest_path)
-    if manifest:  # outputs of an earlier run that this run does not make
-        for name in manifest.get("outputs", {}):
-            stale = os.path.join(save_folder, name)
-            if os.path.isfile(stale) and name not in _output_names(result, save_folder):
-                os.remove(stale)
-    speeds = (1.0,) + speed_factors if speed_perturb else (1.0,)
-    write_csv_atomic(result["train_csv"], CSV_HEADER, _rows(train_utts, files_by_id, frames, rates, speeds))
-    if dev_speakers:
-        write_csv_atomic(result["dev_csv"], CSV_HEADER, _rows(dev_utts, files_by_id, frames, rates))
-        write_trials(result["dev_trials"], make_dev_trials(dev_utts, dev_trials, seed))
-    if trials:
-        write_csv_atomic(result["test_csv"], CSV_HEADER, _rows(test_utts, files_by_id, frames, rates))
-        for name, (path, _) in trials.items():
-            copy_atomic(path, result["trial_lists"][name])
-    write_manifest(manifest_path, inputs, save_folder, _output_names(result, save_folder))
-    logger.info(
-        "Prepared %d training utterances of %d speakers (%d rows), %d dev speakers, "
-        "%d test utterances of %d trial speakers in %s",
-        len(train_utts),
-        len(by_speaker) - len(dev_set),
-        len(train_utts) * len(speeds),
-        len(dev_set),
-        len(test_utts),
-        len(trial_speakers),
-        save_folder,
+    # 3. Items (whole files or segments) and the split.
+    items, cut = make_items(files, reports, segmentation, segment_seconds, keep_whole=test_utts)
+    del files, reports
+    trial_speakers = {speaker_of(u) for u in test_utts}
+    listed = [i for i in items if i.id in test_utts]
+    train, dev, heldout = split_speakers(
+        items, dev_speakers, test_speakers, trial_speakers, heldout_utterances_per_speaker, seed
     )
+    dev_list = make_trials(dev, dev_trials, seed, "dev_trials") if dev_speakers else None
+    heldout_list = make_trials(heldout, test_trials, seed + 1, HELDOUT_LIST) if test_speakers else None
+    summary = build_summary(
+        num_files, len(dropped), items, cut, train, (dev, dev_list), (heldout, heldout_list), len(trials), listed
+    )
+    del items
+
+    # 4. Write: temporary files first, then the swaps, then the manifest.
+    try:
+        if os.path.exists(manifest_path):
+            os.remove(manifest_path)
+        outputs = _output_names(result, save_folder, bool(dropped))
+        if manifest:  # outputs of an earlier run that this run does not make
+            for name in manifest.get("outputs", {}):
+                stale = os.path.join(save_folder, name)
+                if os.path.isfile(stale) and name not in outputs:
+                    os.remove(stale)
+        _write_items(result["train_csv"], train)
+        if dev_list is not None:
+            _write_items(result["dev_csv"], dev)
+            write_trials(result["dev_trials"], dev_list)
+        if trial_copies:
+            _write_items(result["test_csv"], sorted(listed + heldout, key=lambda item: item.id))
+            for name, (path, _) in trials.items():
+                copy_atomic(path, trial_copies[name])
+            if heldout_list is not None:
+                write_trials(trial_copies[HELDOUT_LIST], heldout_list)
+        write_json_atomic(os.path.join(save_folder, SUMMARY_NAME), summary)
+        write_manifest(manifest_path, inputs, save_folder, outputs)
+    except OSError as error:
+        raise ValueError(f"cannot write the prepared data in {save_folder}: {_one_line(error)}") from None
+    result["summary"] = summary
+    if dropped:
+        result["bad_audio"] = os.path.join(save_folder, BAD_AUDIO_NAME)
+    log_summary(summary, save_folder)
     return result
 
 
-def _output_names(result, save_folder):
+def _output_names(result, save_folder, with_bad_audio):
     paths = [result["train_csv"], result["dev_csv"], result["dev_trials"], result["test_csv"]]
     paths += list(result["trial_lists"].values())
+    paths.append(os.path.join(save_folder, SUMMARY_NAME))
+    if with_bad_audio:
+        paths.append(os.path.join(save_folder, BAD_AUDIO_NAME))
     return [os.path.relpath(p, save_folder).replace(os.sep, "/") for p in paths if p]

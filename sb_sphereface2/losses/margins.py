@@ -20,7 +20,6 @@ Speaker Verification", ICASSP 2023 (types C and A for speakers, s = 32, lambda =
 import math
 
 import torch
-import torch.nn.functional as F
 
 # Clamp distance from +-1 where sqrt(1 - c^2) or acos(c) meets its infinite slope.
 _EPS = 1e-6

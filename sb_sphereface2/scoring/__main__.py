@@ -2,6 +2,6 @@
 
 import sys
 
-from sb_sphereface2.scoring.cli import main
+from sb_sphereface2.scoring.cli import run
 
-sys.exit(main())
+sys.exit(run())

@@ -1,24 +1,57 @@
-"""Embeddings files: one ``.npz`` holding utterance IDs, embeddings and, optionally, speakers.
+"""Embeddings files: one ``.npz`` holding utterance IDs, embeddings and, optionally, speakers,
+durations and the model that made them.
 
 Arrays: ``ids`` (unicode strings [N]), ``embeddings`` (float32 [N, D]) and optionally
-``speakers`` (unicode strings [N]). IDs follow :func:`sb_sphereface2.data.trials.utterance_id`
-(path relative to the dataset root, no extension), so trial lists index them directly.
-Files are written atomically and read without pickle.
+``speakers`` (unicode strings [N]), ``durations`` (float64 seconds [N]) and ``model`` (a
+JSON string ``{"folder", "embedding_model_sha256"}``). IDs follow
+:func:`sb_sphereface2.data.trials.utterance_id` (path relative to the dataset root, no
+extension), so trial lists index them directly. Files are written atomically and read
+without pickle.
 """
 
+import json
 import os
-import tempfile
 import zipfile
+from dataclasses import dataclass
 
 import numpy as np
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from sb_sphereface2.files import atomic_write
 
-__all__ = ["save_embeddings", "load_embeddings"]
+__all__ = ["Embeddings", "save_embeddings", "read_embeddings", "load_embeddings"]
 
 
-def _validate(path, ids, embeddings, speakers):
+@dataclass
+class Embeddings:
+    """The content of an embeddings file.
+
+    Arguments
+    ---------
+    ids : list of str
+        Utterance IDs [N].
+    embeddings : numpy.ndarray
+        float32 [N, D].
+    speakers : list of str or None
+        Speaker of each utterance [N].
+    durations : numpy.ndarray or None
+        Duration in seconds of each embedded signal [N].
+    model : dict or None
+        ``{"folder", "embedding_model_sha256"}`` of the model that made the embeddings.
+    path : str
+        The file.
+    """
+
+    ids: list
+    embeddings: np.ndarray
+    speakers: list = None
+    durations: np.ndarray = None
+    model: dict = None
+    path: str = None
+
+
+def _validate(path, ids, embeddings, speakers, durations=None):
+    if durations is not None and (durations.shape != (len(ids),) or not np.all(durations > 0)):
+        raise ValueError(f"{path}: durations must be {len(ids)} positive numbers, one per ID")
     if embeddings.ndim != 2:
         raise ValueError(f"{path}: embeddings must be [N, D], got shape {embeddings.shape}")
     if len(ids) != embeddings.shape[0]:
@@ -40,7 +73,7 @@ def _validate(path, ids, embeddings, speakers):
         )
 
 
-def save_embeddings(path, ids, embeddings, speakers=None):
+def save_embeddings(path, ids, embeddings, speakers=None, durations=None, model=None):
     """Write an embeddings file atomically (a temporary file renamed into place).
 
     Arguments
@@ -53,6 +86,10 @@ def save_embeddings(path, ids, embeddings, speakers=None):
         Embeddings [N, D] (stored as float32; [N, 1, D] is squeezed).
     speakers : sequence of str, optional
         Speaker of each utterance [N] (needed for a speaker-mean cohort).
+    durations : sequence of float, optional
+        Duration in seconds of each embedded signal [N] (a quality measure).
+    model : dict, optional
+        ``{"folder", "embedding_model_sha256"}``: the model that made the embeddings.
 
     Example
     -------
@@ -71,26 +108,83 @@ def save_embeddings(path, ids, embeddings, speakers=None):
         embeddings = embeddings[:, 0]
     ids = [str(i) for i in ids]
     speakers = None if speakers is None else [str(s) for s in speakers]
-    _validate(path, ids, embeddings, speakers)
+    durations = None if durations is None else np.asarray(durations, dtype=np.float64)
+    _validate(path, ids, embeddings, speakers, durations)
     arrays = {"ids": np.asarray(ids, dtype=str), "embeddings": embeddings}
     if speakers is not None:
         arrays["speakers"] = np.asarray(speakers, dtype=str)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    if durations is not None:
+        arrays["durations"] = durations
+    if model is not None:
+        arrays["model"] = np.asarray(json.dumps(model, sort_keys=True))
+    with atomic_write(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def read_embeddings(path):
+    """Read an embeddings file written by :func:`save_embeddings`, with everything it holds.
+
+    Arguments
+    ---------
+    path : str or os.PathLike
+        The ``.npz`` file.
+
+    Returns
+    -------
+    Embeddings
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If it is not a readable ``.npz``, lacks ``ids``/``embeddings``, or has
+        duplicate IDs, non-finite rows or bad durations (the message names the file).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "emb.npz")
+    >>> save_embeddings(path, ["a/1", "b/1"], np.eye(2), durations=[3.5, 4.0],
+    ...                 model={"folder": "/m", "embedding_model_sha256": "00"})
+    >>> e = read_embeddings(path)
+    >>> e.durations.tolist(), e.model, e.speakers
+    ([3.5, 4.0], {'embedding_model_sha256': '00', 'folder': '/m'}, None)
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"embeddings file not found: {path}")
     try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path}: not an .npz archive (a plain .npy array?)")
+        with archive:
+            missing = {"ids", "embeddings"} - set(archive.files)
+            if missing:
+                raise ValueError(
+                    f"{path}: not an embeddings file, missing arrays {sorted(missing)} "
+                    f"(has {sorted(archive.files)})"
+                )
+            ids = [str(i) for i in archive["ids"].tolist()]
+            embeddings = np.asarray(archive["embeddings"], dtype=np.float32)
+            speakers = archive["speakers"].tolist() if "speakers" in archive.files else None
+            durations = (np.asarray(archive["durations"], dtype=np.float64)
+                         if "durations" in archive.files else None)
+            model = json.loads(str(archive["model"])) if "model" in archive.files else None
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise ValueError(f"{path}: corrupt or unreadable embeddings file ({error})") from error
+    except ValueError as error:
+        if str(error).startswith(path):
+            raise
+        raise ValueError(f"{path}: corrupt or unreadable embeddings file ({error})") from error
+    if speakers is not None:
+        speakers = [str(s) for s in speakers]
+    _validate(path, ids, embeddings, speakers, durations)
+    return Embeddings(ids, embeddings, speakers, durations, model, path)
 
 
 def load_embeddings(path):
-    """Read an embeddings file written by :func:`save_embeddings`.
+    """Read the IDs, embeddings and speakers of a file written by :func:`save_embeddings`.
 
     Arguments
     ---------
@@ -121,30 +215,5 @@ def load_embeddings(path):
     ...
     FileNotFoundError: embeddings file not found: /nonexistent/emb.npz
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"embeddings file not found: {path}")
-    try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path}: not an .npz archive (a plain .npy array?)")
-        with archive:
-            missing = {"ids", "embeddings"} - set(archive.files)
-            if missing:
-                raise ValueError(
-                    f"{path}: not an embeddings file, missing arrays {sorted(missing)} "
-                    f"(has {sorted(archive.files)})"
-                )
-            ids = [str(i) for i in archive["ids"].tolist()]
-            embeddings = np.asarray(archive["embeddings"], dtype=np.float32)
-            speakers = archive["speakers"].tolist() if "speakers" in archive.files else None
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise ValueError(f"{path}: corrupt or unreadable embeddings file ({error})") from error
-    except ValueError as error:
-        if str(error).startswith(path):
-            raise
-        raise ValueError(f"{path}: corrupt or unreadable embeddings file ({error})") from error
-    if speakers is not None:
-        speakers = [str(s) for s in speakers]
-    _validate(path, ids, embeddings, speakers)
-    return ids, embeddings, speakers
+    content = read_embeddings(path)
+    return content.ids, content.embeddings, content.speakers

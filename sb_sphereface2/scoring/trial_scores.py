@@ -1,21 +1,21 @@
-"""From embeddings and trial lists to scores, metrics and result tables.
+"""From embeddings and trial lists to scores and metrics.
 
 The recipe-level API: :func:`score_trials` (cosine scoring after optional mean
-subtraction, with optional z/t/s/AS-norm), :func:`build_cohort`, :func:`evaluate`,
-:func:`write_scores` and :func:`write_results`. Every step works on whole matrices in
-bounded chunks; per-utterance work happens once per utterance, per-trial work is a
-gather and a dot product.
+subtraction, with optional z/t/s/AS-norm), :func:`score_trial_list` (the same, with the
+per-side measures quality-aware calibration uses), :func:`build_cohort` and
+:func:`evaluate`. Every step works on whole matrices in bounded chunks; per-utterance work
+happens once per utterance, per-trial work is a gather and a dot product. Score files and
+result tables are written by :mod:`sb_sphereface2.scoring.reports` (``write_scores`` and
+``write_results`` are importable from here too, as in 0.1.0).
 """
 
-import datetime
-import json
-import os
+import itertools
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sb_sphereface2.files import write_text_atomic
 from sb_sphereface2.scoring.metrics import (
     check_scores,
     compute_actual_dcf,
@@ -25,20 +25,22 @@ from sb_sphereface2.scoring.metrics import (
 )
 from sb_sphereface2.scoring.normalization import (
     NORM_METHODS,
-    cohort_statistics,
+    CohortStatistics,
     l2_normalize,
     normalize_scores,
     speaker_mean_cohort,
+    unit_cohort_statistics,
 )
+from sb_sphereface2.scoring.reports import write_results, write_scores  # noqa: F401 (0.1.0 paths)
 
 __all__ = [
     "COHORT_KINDS",
+    "ScoredTrials",
     "index_trials",
     "build_cohort",
+    "score_trial_list",
     "score_trials",
     "evaluate",
-    "write_scores",
-    "write_results",
 ]
 
 COHORT_KINDS = ("speaker-mean", "utterance")
@@ -88,9 +90,9 @@ def index_trials(ids, trials):
     ValueError: trial list 'toy', line 2: test utterance 'b/1' has no embedding (1 of 2 trials name an utterance with no embedding)
     """
     index = _index_of(ids)
-    lookup = index.get
-    enrol_rows = np.fromiter((lookup(u, -1) for u in trials.enrol), np.int64, len(trials))
-    test_rows = np.fromiter((lookup(u, -1) for u in trials.test), np.int64, len(trials))
+    missing_row = itertools.repeat(-1)
+    enrol_rows = np.fromiter(map(index.get, trials.enrol, missing_row), np.int64, len(trials))
+    test_rows = np.fromiter(map(index.get, trials.test, missing_row), np.int64, len(trials))
     missing = (enrol_rows < 0) | (test_rows < 0)
     if missing.any():
         first = int(np.argmax(missing))
@@ -141,7 +143,33 @@ def build_cohort(embeddings, speakers=None, mean=None, kind="speaker-mean"):
     raise ValueError(f"unknown cohort kind {kind!r}; choose from {COHORT_KINDS}")
 
 
-def score_trials(
+@dataclass
+class ScoredTrials:
+    """Scores of a trial list and what quality measures need of each side.
+
+    Arguments
+    ---------
+    scores : numpy.ndarray
+        Final (normalised if asked) scores, float64 [N].
+    enrol_rows, test_rows : numpy.ndarray
+        Embedding row of each side of each trial, int64 [N].
+    enrol_magnitude, test_magnitude : numpy.ndarray
+        Length of each side's embedding after mean subtraction [N].
+    enrol_imposter_mean, test_imposter_mean : numpy.ndarray or None
+        Mean of each side's ``imposter_top_n`` highest cohort scores [N] (None without a
+        cohort).
+    """
+
+    scores: np.ndarray
+    enrol_rows: np.ndarray
+    test_rows: np.ndarray
+    enrol_magnitude: np.ndarray
+    test_magnitude: np.ndarray
+    enrol_imposter_mean: np.ndarray = None
+    test_imposter_mean: np.ndarray = None
+
+
+def score_trial_list(
     ids,
     embeddings,
     trials,
@@ -152,8 +180,10 @@ def score_trials(
     chunk_size=16384,
     cohort_chunk_size=4096,
     progress=False,
+    imposter_top_n=None,
 ):
-    """Cosine scores of a trial list, optionally normalised against a cohort.
+    """Cosine scores of a trial list, optionally normalised against a cohort, with the
+    per-side measures that quality-aware calibration uses.
 
     Only the utterances the list names are normalised and scored against the cohort,
     each once; trials are then scored in chunks of ``chunk_size``.
@@ -169,7 +199,8 @@ def score_trials(
     mean : numpy.ndarray, optional
         Mean embedding [D] subtracted before the cosine (the training-set mean).
     cohort : numpy.ndarray, optional
-        Cohort [K, D] in scoring space (see :func:`build_cohort`); needed by ``norm``.
+        Cohort [K, D] in scoring space (see :func:`build_cohort`); needed by ``norm`` and
+        ``imposter_top_n``.
     top_n : int
         Cohort scores kept per utterance for ``norm="asnorm"``.
     norm : str or None
@@ -181,6 +212,79 @@ def score_trials(
         Utterances scored against the cohort at a time.
     progress : bool
         Show tqdm progress bars.
+    imposter_top_n : int, optional
+        Also return the mean of each side's ``imposter_top_n`` highest cohort scores
+        (reused from AS-norm when the two agree).
+
+    Returns
+    -------
+    ScoredTrials
+
+    Example
+    -------
+    >>> from sb_sphereface2.data.trials import TrialList
+    >>> t = TrialList("toy", np.array([1, 0], dtype=np.int8), ["a", "a"], ["b", "c"])
+    >>> emb = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
+    >>> scored = score_trial_list(["a", "b", "c"], emb, t)
+    >>> scored.scores.round(4).tolist(), scored.test_rows.tolist(), scored.test_magnitude.round(4).tolist()
+    ([0.7071, 0.0], [1, 2], [1.4142, 2.0])
+    """
+    if norm is not None and norm not in NORM_METHODS:
+        raise ValueError(f"unknown score normalisation {norm!r}; choose from {NORM_METHODS} or None")
+    if cohort is None and (norm is not None or imposter_top_n is not None):
+        needs = f"score normalisation {norm!r}" if norm is not None else "the imposter mean"
+        raise ValueError(f"{needs} needs a cohort")
+    enrol_rows, test_rows = index_trials(ids, trials)
+    used, inverse = np.unique(np.r_[enrol_rows, test_rows], return_inverse=True)
+    inverse = inverse.ravel()
+    enrol_local = torch.from_numpy(inverse[: len(trials)])
+    test_local = torch.from_numpy(inverse[len(trials) :])
+    if torch.is_tensor(embeddings):
+        embeddings = embeddings.detach().cpu().numpy()
+    embeddings = np.asarray(embeddings)
+    if len(used) < len(embeddings):  # only the utterances the list names
+        embeddings = embeddings[used]
+    centred = torch.from_numpy(embeddings.astype(np.float32, copy=False))
+    if mean is not None:
+        centred = centred - torch.as_tensor(np.asarray(mean), dtype=torch.float32)
+    magnitude_t = torch.linalg.vector_norm(centred, dim=1)
+    units = centred / magnitude_t.clamp_min(1e-12)[:, None]  # what F.normalize computes
+    magnitude = magnitude_t.numpy().astype(np.float64)
+    scores = np.empty(len(trials), dtype=np.float64)
+    with torch.no_grad():
+        for start in tqdm(
+            range(0, len(trials), chunk_size), desc=f"scoring {trials.name}",
+            disable=not progress, unit="chunk",
+        ):
+            stop = start + chunk_size
+            enrol_units = units[enrol_local[start:stop]]
+            test_units = units[test_local[start:stop]]
+            scores[start:stop] = torch.einsum("ij,ij->i", enrol_units, test_units).numpy()
+    enrol_idx, test_idx = enrol_local.numpy(), test_local.numpy()
+    result = ScoredTrials(scores, enrol_rows, test_rows, magnitude[enrol_idx], magnitude[test_idx])
+    stats = None
+    cohort_units = None if cohort is None else l2_normalize(cohort)
+    if norm is not None:
+        stats = unit_cohort_statistics(
+            units, cohort_units, top_n=top_n if norm == "asnorm" else None,
+            chunk_size=cohort_chunk_size, progress=progress,
+        )
+        enrol_stats = CohortStatistics(stats.mean[enrol_idx], stats.std[enrol_idx])
+        test_stats = CohortStatistics(stats.mean[test_idx], stats.std[test_idx])
+        result.scores = normalize_scores(scores, enrol_stats, test_stats, norm)
+    if imposter_top_n is not None:
+        if not (norm == "asnorm" and imposter_top_n == top_n):
+            stats = unit_cohort_statistics(units, cohort_units, top_n=imposter_top_n,
+                                           chunk_size=cohort_chunk_size, progress=progress)
+        result.enrol_imposter_mean = stats.mean[enrol_idx]
+        result.test_imposter_mean = stats.mean[test_idx]
+    return result
+
+
+def score_trials(ids, embeddings, trials, mean=None, cohort=None, top_n=300, norm=None,
+                 chunk_size=16384, cohort_chunk_size=4096, progress=False):
+    """Cosine scores of a trial list, optionally normalised against a cohort (the scores
+    of :func:`score_trial_list`; same arguments).
 
     Returns
     -------
@@ -195,38 +299,8 @@ def score_trials(
     >>> score_trials(["a", "b", "c"], emb, t).round(4).tolist()
     [0.7071, 0.0]
     """
-    if norm is not None and norm not in NORM_METHODS:
-        raise ValueError(f"unknown score normalisation {norm!r}; choose from {NORM_METHODS} or None")
-    if norm is not None and cohort is None:
-        raise ValueError(f"score normalisation {norm!r} needs a cohort")
-    enrol_rows, test_rows = index_trials(ids, trials)
-    used, inverse = np.unique(np.r_[enrol_rows, test_rows], return_inverse=True)
-    inverse = inverse.ravel()
-    enrol_local = torch.from_numpy(inverse[: len(trials)])
-    test_local = torch.from_numpy(inverse[len(trials) :])
-    if torch.is_tensor(embeddings):
-        embeddings = embeddings.detach().cpu().numpy()
-    units = l2_normalize(np.asarray(embeddings)[used], mean)
-    scores = np.empty(len(trials), dtype=np.float64)
-    with torch.no_grad():
-        for start in tqdm(
-            range(0, len(trials), chunk_size), desc=f"scoring {trials.name}",
-            disable=not progress, unit="chunk",
-        ):
-            stop = start + chunk_size
-            enrol_units = units[enrol_local[start:stop]]
-            test_units = units[test_local[start:stop]]
-            scores[start:stop] = torch.einsum("ij,ij->i", enrol_units, test_units).numpy()
-    if norm is None:
-        return scores
-    stats = cohort_statistics(
-        units, cohort, top_n=top_n if norm == "asnorm" else None,
-        chunk_size=cohort_chunk_size, progress=progress,
-    )
-    enrol_idx, test_idx = enrol_local.numpy(), test_local.numpy()
-    enrol_stats = type(stats)(stats.mean[enrol_idx], stats.std[enrol_idx])
-    test_stats = type(stats)(stats.mean[test_idx], stats.std[test_idx])
-    return normalize_scores(scores, enrol_stats, test_stats, norm)
+    return score_trial_list(ids, embeddings, trials, mean, cohort, top_n, norm, chunk_size,
+                            cohort_chunk_size, progress).scores
 
 
 def evaluate(scores, labels, p_targets=(0.01, 0.05), llrs=None):
@@ -241,8 +315,11 @@ def evaluate(scores, labels, p_targets=(0.01, 0.05), llrs=None):
     p_targets : sequence of float
         Priors for minDCF (C_miss = C_fa = 1, normalised).
     llrs : array-like, optional
-        Calibrated log-likelihood ratios of the same trials: adds ``act_dcf_<p>`` and
-        ``cllr``.
+        Calibrated log-likelihood ratios of the same trials: adds their actual DCF
+        (``act_dcf_<p>``), ``cllr``, EER and minDCF (``calibrated_eer_percent``,
+        ``calibrated_min_dcf_<p>``: quality-aware calibration reorders trials), and the
+        actual DCF and Cllr of the raw scores taken as LLRs (``raw_act_dcf_<p>``,
+        ``raw_cllr``: before calibration).
 
     Returns
     -------
@@ -270,111 +347,14 @@ def evaluate(scores, labels, p_targets=(0.01, 0.05), llrs=None):
         results[f"min_dcf_{p:g}"] = value
         results[f"min_dcf_{p:g}_threshold"] = threshold
     if llrs is not None:
+        llrs, _ = check_scores(llrs, labels)
+        for p in p_targets:
+            results[f"raw_act_dcf_{p:g}"] = compute_actual_dcf(scores, labels, p_target=p)
+        results["raw_cllr"] = compute_cllr(scores, labels)
         for p in p_targets:
             results[f"act_dcf_{p:g}"] = compute_actual_dcf(llrs, labels, p_target=p)
         results["cllr"] = compute_cllr(llrs, labels)
+        results["calibrated_eer_percent"] = 100.0 * compute_eer(llrs, labels)[0]
+        for p in p_targets:
+            results[f"calibrated_min_dcf_{p:g}"] = compute_min_dcf(llrs, labels, p_target=p)[0]
     return results
-
-
-def write_scores(path, trials, scores, llrs=None):
-    """Write ``label enrol test score [llr]`` lines (IDs without extension), atomically.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> from sb_sphereface2.data.trials import TrialList
-    >>> t = TrialList("toy", np.array([1], dtype=np.int8), ["a/1"], ["a/2"])
-    >>> path = os.path.join(tempfile.mkdtemp(), "scores.txt")
-    >>> write_scores(path, t, np.array([0.5]))
-    >>> open(path).read()
-    '1 a/1 a/2 0.500000\\n'
-    """
-    columns = [trials.labels.astype(str), np.asarray(trials.enrol), np.asarray(trials.test),
-               np.char.mod("%.6f", np.asarray(scores, dtype=np.float64))]
-    if llrs is not None:
-        columns.append(np.char.mod("%.6f", np.asarray(llrs, dtype=np.float64)))
-    lines = [" ".join(fields) for fields in zip(*(c.tolist() for c in columns))]
-    write_text_atomic(path, "\n".join(lines) + "\n")
-
-
-_COLUMNS = [
-    ("trials", "trials", "{:,}"),
-    ("targets", "targets", "{:,}"),
-    ("eer_percent", "EER (%)", "{:.3f}"),
-]
-
-
-def _table_columns(results):
-    keys = set().union(*(r.keys() for r in results.values()))
-    columns = list(_COLUMNS)
-    for key in sorted(k for k in keys if k.startswith("min_dcf_") and not k.endswith("_threshold")):
-        columns.append((key, f"minDCF (p={key[len('min_dcf_'):]})", "{:.4f}"))
-    for key in sorted(k for k in keys if k.startswith("act_dcf_")):
-        columns.append((key, f"actDCF (p={key[len('act_dcf_'):]})", "{:.4f}"))
-    if "cllr" in keys:
-        columns.append(("cllr", "Cllr", "{:.4f}"))
-    columns.append(("eer_threshold", "EER threshold", "{:.4f}"))
-    return columns
-
-
-def _json_safe(value):
-    """Replace non-finite floats (an ``inf`` threshold) by None so the JSON stays strict."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def write_results(out_dir, results, settings=None, title="Verification results"):
-    """Write ``results.md`` (a table) and ``results.json`` atomically.
-
-    Arguments
-    ---------
-    out_dir : str or os.PathLike
-        Output folder (created).
-    results : dict
-        ``{list_name: evaluate(...) dict}``.
-    settings : dict, optional
-        How the scores were made (normalisation, cohort, files...), stored in both files.
-    title : str
-        Heading of the markdown file.
-
-    Returns
-    -------
-    str
-        The markdown table.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> out = tempfile.mkdtemp()
-    >>> table = write_results(out, {"toy": evaluate([0.1, 0.3, 0.2, 0.4], [0, 0, 1, 1])})
-    >>> print(table.splitlines()[0])
-    | list | trials | targets | EER (%) | minDCF (p=0.01) | minDCF (p=0.05) | EER threshold |
-    >>> sorted(os.listdir(out))
-    ['results.json', 'results.md']
-    """
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    columns = _table_columns(results)
-    header = "| list | " + " | ".join(name for _, name, _ in columns) + " |"
-    rule = "|---|" + "|".join("---:" for _ in columns) + "|"
-    rows = []
-    for list_name, values in results.items():
-        cells = [fmt.format(values[key]) if key in values else "" for key, _, fmt in columns]
-        rows.append(f"| {list_name} | " + " | ".join(cells) + " |")
-    table = "\n".join([header, rule, *rows])
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    markdown = [f"# {title}", "", table, ""]
-    if settings:
-        markdown += ["Settings:", ""] + [f"- {key}: {value}" for key, value in settings.items()] + [""]
-    markdown.append(f"Written {stamp}. minDCF uses C_miss = C_fa = 1, normalised.")
-    write_text_atomic(os.path.join(out_dir, "results.md"), "\n".join(markdown) + "\n")
-    document = {"results": _json_safe(results), "settings": _json_safe(settings or {}), "written": stamp}
-    write_text_atomic(os.path.join(out_dir, "results.json"), json.dumps(document, indent=2) + "\n")
-    return table

@@ -22,7 +22,6 @@ the checkpoint's meta, which holds the line's values).
 
 import logging
 import os
-import time
 
 import numpy as np
 import speechbrain as sb
@@ -30,6 +29,7 @@ import torch
 from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.utils.distributed import if_main_process
 
+from sb_sphereface2.data.throughput import ThroughputMeter, show_on_progress_bar
 from sb_sphereface2.files import write_text_atomic
 from sb_sphereface2.scoring.metrics import compute_eer, compute_min_dcf
 from sb_sphereface2.scoring.trial_scores import score_trials
@@ -90,7 +90,14 @@ class SpeakerBrain(sb.core.Brain):
     dev_trials = None
     iterations_per_epoch = None
     loader_generator = None  # seeds the training loader's workers; reseeded every epoch
-    resumed_statistics = None  # this epoch's statistics so far, from a mid-epoch checkpoint
+    resumed_totals = None  # this epoch's statistics so far, from a mid-epoch checkpoint
+    progress_every = 20  # batches between throughput updates of the progress bar
+
+    def fit(self, epoch_counter, train_set, valid_set=None, *args, **kwargs):
+        # A prebuilt loader (the shard path) does not go through make_dataloader.
+        if isinstance(train_set, torch.utils.data.DataLoader):
+            self.iterations_per_epoch = len(train_set)
+        return super().fit(epoch_counter, train_set, valid_set, *args, **kwargs)
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
         if stage == sb.Stage.TRAIN and loader_kwargs.get("generator") is None:
@@ -155,6 +162,7 @@ class SpeakerBrain(sb.core.Brain):
     # --- schedules -------------------------------------------------------------------
 
     def on_fit_batch_start(self, batch, should_step):
+        self.throughput.batch_start(batch)
         iteration = self.optimizer_step  # optimizer steps done so far: this iteration's index
         self.hparams.margin_scheduler.step(self.hparams.compute_cost, iteration, self.iterations_per_epoch)
         scheduler = self.hparams.lr_scheduler
@@ -165,6 +173,9 @@ class SpeakerBrain(sb.core.Brain):
         scheduler = self.hparams.lr_scheduler
         if should_step and hasattr(scheduler, "on_batch_end"):
             scheduler.on_batch_end(self.optimizer)
+        self.throughput.batch_end(self.device)
+        if self.step % self.progress_every == 0:
+            show_on_progress_bar(self.throughput.text())
 
     # --- forward and objectives ------------------------------------------------------
 
@@ -209,9 +220,9 @@ class SpeakerBrain(sb.core.Brain):
 
     def on_stage_start(self, stage, epoch=None):
         if stage == sb.Stage.TRAIN:
-            resumed, self.resumed_statistics = self.resumed_statistics, None
-            self.train_totals = resumed["totals"] if resumed else torch.zeros(4, dtype=torch.float64)
-            self.stage_started = time.time() - (resumed["seconds"] if resumed else 0.0)
+            resumed, self.resumed_totals = self.resumed_totals, None
+            self.train_totals = resumed if resumed is not None else torch.zeros(4, dtype=torch.float64)
+            self.throughput = ThroughputMeter()  # after a mid-epoch resume: the rest of the epoch
             if self.loader_generator is not None:
                 self.loader_generator.manual_seed(self._loader_seed(epoch))
         else:
@@ -220,7 +231,7 @@ class SpeakerBrain(sb.core.Brain):
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
             errors, own, others, count = self._reduced(self.train_totals).tolist()
-            seconds = time.time() - self.stage_started
+            speed = self.throughput.summary()
             self.train_stats = {
                 "loss": stage_loss,
                 "error": errors / max(1.0, count),
@@ -232,9 +243,14 @@ class SpeakerBrain(sb.core.Brain):
                 "iterations": self.optimizer_step,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "margin": float(self.hparams.compute_cost.margin),
-                "seconds": round(seconds, 1),
-                "utt_per_s": round(count / max(seconds, 1e-9), 1),
+                # this process's rates: where the epoch's time went (loader or step)
+                "epoch_s": round(speed["epoch_s"], 1),
+                "utt_per_s": round(speed["utt_per_s"], 1),
+                "step_utt_per_s": round(speed["step_utt_per_s"], 1),
+                "wait_share": round(speed["wait_share"], 3),
             }
+            if "loader_utt_per_s_per_core" in speed:
+                self.epoch_meta["loader_utt_per_s_per_core"] = round(speed["loader_utt_per_s_per_core"], 1)
             return
         valid = self.validation_metrics()
         line = _plain({"stats_meta": self.epoch_meta, "train_stats": self.train_stats, "valid_stats": valid or None})
@@ -310,16 +326,12 @@ class SpeakerBrain(sb.core.Brain):
 def _save_statistics(brain, path):
     """Checkpointer hook (every process): the epoch's training statistics so far."""
     totals = getattr(brain, "train_totals", None)
-    started = getattr(brain, "stage_started", None)
-    save_process_state({
-        "totals": totals if totals is not None else torch.zeros(4, dtype=torch.float64),
-        "seconds": time.time() - started if started else 0.0,
-    }, path)
+    save_process_state(totals if totals is not None else torch.zeros(4, dtype=torch.float64), path)
 
 
 def _load_statistics(brain, path, end_of_epoch):
     """Checkpointer hook: a mid-epoch checkpoint's statistics continue the epoch."""
-    brain.resumed_statistics = None if end_of_epoch else load_process_state(path)
+    brain.resumed_totals = None if end_of_epoch else load_process_state(path)
 
 
 def _logged_epoch(line):

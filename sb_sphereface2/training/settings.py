@@ -8,7 +8,8 @@ checks, in this order:
 - types: an override must have the kind of value of the key's default (a number for a
   number, ``True``/``False`` for a flag, a list for a list), so ``--number_of_epochs=abc``
   names ``number_of_epochs`` instead of failing later inside ``int()``;
-- ranges: ``RANGES`` below (epochs >= 1, learning rates > 0, ...), and the loss:
+- ranges and choices: ``RANGES`` and ``CHOICES`` below (epochs >= 1, learning rates > 0,
+  ``data_source`` csv or shards...), and the loss:
   ``scale > 0``, ``0 < lambda_ < 1``, ``t >= 1`` (``g`` is the identity at 1; the loss
   refuses less) and every margin key (``margin``, ``initial_margin``, ``lmf_margin``) in
   the range of the loss's margin type: ``>= 0`` for C, ``[0, pi)`` for A, ``>= 1`` for M
@@ -21,6 +22,7 @@ value; recipes print it and exit with code 2, before data preparation.
 import math
 from dataclasses import dataclass
 
+from sb_sphereface2.data.segments import SEGMENTATION_MODES
 from sb_sphereface2.hparams import BLOCK_KEYS, HparamsError, peek_hparams, peek_object
 
 
@@ -85,6 +87,17 @@ RANGES = {
     "margin_fix_epoch": Range(low=0),
     "ckpt_interval_minutes": Range(low=0),
     "augment_prob": Range(low=0, high=1, high_open=False),
+    "test_speakers": Range(integer=True, low=0),
+    "test_trials": Range(integer=True, low=0),
+    "segment_seconds": POSITIVE,
+    "min_audio_seconds": Range(low=0),
+    "prep_workers": Range(integer=True, low=1),
+    "utterances_per_shard": Range(integer=True, low=1),
+    "shuffle_buffer": Range(integer=True, low=0),
+}
+CHOICES = {
+    "data_source": ("csv", "shards"),
+    "segmentation": SEGMENTATION_MODES,
 }
 MARGIN_KEYS = ("margin", "initial_margin", "lmf_margin")
 MARGIN_RANGES = {
@@ -175,8 +188,11 @@ def check_ranges(settings):
     sb_sphereface2.training.settings.SettingsError: margin_fix_epoch must be >= margin_start_epoch (40), got 20
     """
     for key, allowed in RANGES.items():
-        if key in settings:
+        if settings.get(key) is not None:  # None: the key's automatic choice
             allowed.check(key, settings[key])
+    for key, choices in CHOICES.items():
+        if key in settings and settings[key] not in choices:
+            raise SettingsError(f"{key} must be one of {', '.join(choices)}, got {settings[key]!r}")
     pairs = (("margin_start_epoch", "margin_fix_epoch"), ("warmup_epochs", "number_of_epochs"))
     for first, second in pairs:
         if first in settings and second in settings and settings[second] < settings[first]:
