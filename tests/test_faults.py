@@ -64,12 +64,16 @@ def _train_one_line_error(result, code, *fragments):
     return errors[0]
 
 
+_TRAIN_TIMINGS = {"epoch_s", "utt_per_s", "step_utt_per_s", "wait_share", "loader_utt_per_s_per_core"}
+
+
 def _train_log(out):
-    """The train log, one dict per epoch, without the timings."""
+    """The train log, one dict per epoch (values as logged), without the timings."""
     rows = []
     for line in (Path(out) / "train_log.txt").read_text().splitlines():
         fields = dict(part.rsplit(": ", 1) for part in line.replace(" - ", ", ").split(", "))
-        rows.append({k: v for k, v in fields.items() if k not in ("seconds", "utt_per_s")})
+        rows.append({k: v for k, v in fields.items() if k not in _TRAIN_TIMINGS})
+    assert rows and {"epoch", "iterations", "lr", "margin", "train loss"} <= set(rows[0]), rows
     return rows
 
 
@@ -225,16 +229,29 @@ def test_train_run_folder_of_other_speakers_is_refused(_train_reference, _train_
 
 
 def _train_read_only(folder):
-    """A command prefix under which ``folder`` is read-only, and a function undoing it."""
-    if os.geteuid() != 0:  # permissions stop anyone but root
-        for path in [folder, *folder.rglob("*")]:
-            path.chmod(path.stat().st_mode & ~0o222)
-        return (), lambda: [p.chmod(p.stat().st_mode | 0o200) for p in [folder, *folder.rglob("*")]]
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.fail(f"running as root and 'unshare -rm' fails ({probe.stderr.strip()}): cannot make a read-only folder")
-    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && exec "$@"'
-    return ("unshare", "-rm", "sh", "-c", script, str(folder)), lambda: None
+    """(command prefix, preexec_fn, undo) under which ``folder`` cannot be written: a
+    read-only bind mount in a user and mount namespace (``unshare -rm``), else permission
+    bits, which root ignores unless it drops CAP_DAC_OVERRIDE and CAP_FOWNER first."""
+    if shutil.which("unshare") and subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0:
+        script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && exec "$@"'
+        return ("unshare", "-rm", "sh", "-c", script, str(folder)), None, lambda: None
+    paths = [folder, *folder.rglob("*")]
+    for path in paths:
+        path.chmod(path.stat().st_mode & ~0o222)
+
+    def drop_capabilities():
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (1, 3):  # CAP_DAC_OVERRIDE, CAP_FOWNER
+            if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) refused")
+
+    def undo():
+        for path in paths:
+            path.chmod(path.stat().st_mode | 0o200)
+
+    return (), drop_capabilities if os.geteuid() == 0 else None, undo
 
 
 @pytest.mark.slow
@@ -242,12 +259,13 @@ def test_train_read_only_output_folder_is_one_line(_train_reference, _train_corp
     out = tmp_path / "run"
     shutil.copytree(_train_reference, out)
     before = _train_fingerprints(out, ".")
-    prefix, undo = _train_read_only(out)
+    prefix, preexec_fn, undo = _train_read_only(out)
     try:
-        result = _train_run(out, _train_corpus / "corpus", "--number_of_epochs=5", prefix=prefix)
+        result = _train_run(out, _train_corpus / "corpus", "--number_of_epochs=5", prefix=prefix,
+                            preexec_fn=preexec_fn)
     finally:
         undo()
-    line = _train_one_line_error(result, 1, str(out))
+    line = _train_one_line_error(result, 1, f"cannot write the output folder {out}")
     assert "Read-only file system" in line or "Permission denied" in line, line
     assert _train_fingerprints(out, ".") == before
 
@@ -343,10 +361,12 @@ def test_train_checkpoint_of_other_classes_is_refused_before_loading(tmp_path):
     layer = torch.nn.Linear(3, 3)
     weight = layer.weight.detach().clone()
     checkpointer = SafeCheckpointer(save, {"layer": layer, "classes": ClassLabels(["a", "b", "c"])})
-    with pytest.raises(CheckpointMismatchError, match="the checkpoint has 2 classes, this run 3 \\(this run also has c\\)"):
+    with pytest.raises(CheckpointMismatchError,
+                       match="the checkpoint has 2 classes, this run 3 \\(this run also has c\\)"):
         checkpointer.recover_if_possible()
     checkpointer = SafeCheckpointer(save, {"layer": layer})  # an old checkpoint: no classes, the shape tells
-    with pytest.raises(CheckpointMismatchError, match=r"layer.weight is \[2, 3\] in the checkpoint, \[3, 3\] in this run"):
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"layer.weight is \[2, 3\] in the checkpoint, \[3, 3\] in this run"):
         checkpointer.recover_if_possible()
     assert torch.equal(layer.weight, weight) and len(_train_checkpoints(tmp_path)) == 1
 
@@ -1008,3 +1028,19 @@ def test_scoring_full_file_system_is_one_line_and_keeps_the_previous_results(sco
     _scoring_one_line_error(result, f"cannot write the output folder {out}: File too large")
     assert _scoring_snapshot(out) == before
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".scores.tmp")]
+
+
+@pytest.mark.slow
+def test_train_log_is_repaired_from_the_checkpoint(tmp_path, _train_in_process_reference):
+    """A kill after the epoch's checkpoint but before (or while) its log line was written:
+    the rerun finds the last epoch done, writes its line from the checkpoint's meta and
+    drops the cut one."""
+    reference_folder, _, reference_states = _train_in_process_reference
+    shutil.copytree(reference_folder, tmp_path / "run")
+    log = tmp_path / "run" / "train_log.txt"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:-1]) + lines[-1][:30])  # the last line cut short
+    steps, states = _train_in_process(tmp_path / "run")
+    assert steps == []  # every epoch was done
+    assert log.read_text() == (reference_folder / "train_log.txt").read_text()
+    assert _train_same_states(states, reference_states)

@@ -253,9 +253,11 @@ class SpeakerBrain(sb.core.Brain):
                 self.epoch_meta["loader_utt_per_s_per_core"] = round(speed["loader_utt_per_s_per_core"], 1)
             return
         valid = self.validation_metrics()
-        line = _plain({"stats_meta": self.epoch_meta, "train_stats": self.train_stats, "valid_stats": valid or None})
+        line = {"stats_meta": self.epoch_meta, "train_stats": self.train_stats, "valid_stats": valid or None}
         self.checkpointer.save_and_keep_only(
-            meta={"epoch": epoch, **_plain(valid), "train_log": line},
+            # the log line's values in order (meta files sort the keys of mappings)
+            meta={"epoch": epoch, **_plain(valid), "train_log": _plain({k: list(v.items()) if v else v
+                                                                       for k, v in line.items()})},
             num_to_keep=self.hparams.average_last,
             ckpt_predicate=lambda c: "epoch" in c.meta,
         )
@@ -299,7 +301,8 @@ class SpeakerBrain(sb.core.Brain):
                 max_num_checkpoints=1,
             )
             if saved:
-                self._log_stats({**saved[0].meta["train_log"], "verbose": False})
+                line = {k: dict(v) if v else v for k, v in saved[0].meta["train_log"].items()}
+                self._log_stats({**line, "verbose": False})
 
     def _reduced(self, totals):
         """Sum statistics over DDP processes (each saw its own part of the epoch)."""

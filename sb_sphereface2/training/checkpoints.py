@@ -52,7 +52,7 @@ from speechbrain.utils.checkpoints import (
     torch_recovery,
     torch_save,
 )
-from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process, main_process_only
+from speechbrain.utils.distributed import ddp_barrier, if_main_process, main_process_only
 
 from sb_sphereface2.files import temporary_path
 from sb_sphereface2.training.run_state import save_torch_state

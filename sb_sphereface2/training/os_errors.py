@@ -2,7 +2,7 @@
 
 - ``check_writable(folder)``: before any work, the output folder is created and a probe
   file is written, fsync'ed and removed in it; a read-only, full or forbidden folder is an
-  ``OSError`` naming the folder.
+  ``OSError`` ("cannot write the output folder <folder>: <cause>").
 - ``os_error_line(error)``: ``"<path>: <cause> [Errno n]"``, with a temporary file's name
   (``.train.csv.tmp123``, written by :mod:`sb_sphereface2.files`) mapped back to the
   file it was to become.
@@ -19,7 +19,7 @@ def check_writable(folder):
     Raises
     ------
     OSError
-        Whose ``filename`` is ``folder`` (``os_error_line`` formats it).
+        "cannot write the output folder <folder>: <cause>" (``os_error_line`` formats it).
 
     Example
     -------
@@ -29,7 +29,7 @@ def check_writable(folder):
     ...     check_writable("/proc/version/run")
     ... except OSError as error:
     ...     print(os_error_line(error))
-    /proc/version/run: Not a directory [Errno 20]
+    cannot write the output folder /proc/version/run: Not a directory [Errno 20]
     """
     probe = os.path.join(folder, f".write_check.tmp{os.getpid()}")
     try:
@@ -39,7 +39,7 @@ def check_writable(folder):
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as error:
-        raise OSError(error.errno, error.strerror, folder) from None
+        raise OSError(error.errno, f"cannot write the output folder {folder}: {error.strerror}") from None
     finally:
         if os.path.lexists(probe):
             os.remove(probe)

@@ -139,7 +139,7 @@ def checked_settings(stage_file, overrides):
     >>> checked_settings("hparams/train.yaml", {"loss": "sphereface2_m", "margin": 0.5})
     Traceback (most recent call last):
     ...
-    sb_sphereface2.training.settings.SettingsError: margin must be a number >= 1 for the type M margin of the loss, got 0.5
+    sb_sphereface2...SettingsError: margin must be a number >= 1 for the type M margin of the loss, got 0.5
     """
     settings = peek_hparams(stage_file, overrides)  # unknown keys: UnknownKeyError
     blocks = {key: overrides[key] for key in BLOCK_KEYS if key in overrides}
@@ -208,7 +208,7 @@ def check_loss(settings, tag, args):
     >>> check_loss({"margin": -0.5}, "!new:sb_sphereface2.SphereFace2Loss", {"margin_type": "C"})
     Traceback (most recent call last):
     ...
-    sb_sphereface2.training.settings.SettingsError: margin must be a number >= 0 for the type C margin of the loss, got -0.5
+    sb_sphereface2...SettingsError: margin must be a number >= 0 for the type C margin of the loss, got -0.5
     >>> check_loss({}, "!new:sb_sphereface2.SphereFace2Loss", {"lambda_": 1.0})
     Traceback (most recent call last):
     ...
