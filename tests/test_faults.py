@@ -375,10 +375,14 @@ class _TrainKilled(Exception):
     pass
 
 
-def _train_in_process(folder, stop_at=None):
-    """Train (or resume) 3 epochs of 4 iterations in process, a mid-epoch checkpoint every 3
-    iterations; stop as if killed after iteration ``stop_at``. Returns [(step, lr, margin)]
-    of the iterations run and the parameters at the end."""
+def _train_in_process(folder, stop_at=None, interval=3, model="resnet34"):
+    """Train (or resume) 3 epochs of 4 iterations in process, a mid-epoch checkpoint every
+    ``interval`` iterations; stop as if killed after iteration ``stop_at`` (an int), or at
+    the start of the first validation stage (``"validation"``). ``model``: resnet34 (SGD,
+    the stateless WarmupExponentialLR) or ecapa_tdnn (Adam, SpeechBrain's CyclicLRScheduler,
+    which keeps a state). Returns [(step, lr, margin)] of the iterations run and the
+    parameters at the end."""
+    import speechbrain as sb
     from speechbrain.dataio.dataset import DynamicItemDataset
 
     from sb_sphereface2.hparams import load_recipe_hparams
@@ -390,6 +394,10 @@ def _train_in_process(folder, stop_at=None):
         "batch_size": 4, "number_of_epochs": 3, "warmup_epochs": 1, "lr": 0.05, "final_lr": 0.01,
         "margin_start_epoch": 1, "margin_fix_epoch": 3, "average_last": 2, "ckpt_interval_minutes": 0,
     }
+    if model == "ecapa_tdnn":
+        for key in ("resnet_channels", "resnet_blocks", "warmup_epochs", "final_lr"):
+            del overrides[key]
+        overrides.update(model="ecapa_tdnn", ecapa_channels=16, cyclic_step_size=5, lr=0.01)
     hparams = load_recipe_hparams(str(_TRAIN_REPO / "hparams" / "train.yaml"), overrides, num_classes=4)
 
     def signal_of(index):  # a random offset from torch's global generator, as the random crop
@@ -409,8 +417,13 @@ def _train_in_process(folder, stop_at=None):
             if self.optimizer_step == stop_at:
                 raise _TrainKilled
 
+        def on_stage_start(self, stage, epoch=None):
+            if stage == sb.Stage.VALID and stop_at == "validation":
+                raise _TrainKilled
+            super().on_stage_start(stage, epoch)
+
     brain = Recording(modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
-                      run_opts={"device": "cpu", "ckpt_interval_steps": 3, "noprogressbar": True},
+                      run_opts={"device": "cpu", "ckpt_interval_steps": interval, "noprogressbar": True},
                       checkpointer=hparams["checkpointer"])
     try:
         brain.fit(hparams["epoch_counter"], data, [],
@@ -425,19 +438,31 @@ def _train_in_process(folder, stop_at=None):
 
 @pytest.fixture(scope="module")
 def _train_in_process_reference(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("in_process_reference")
-    steps, states = _train_in_process(folder)
-    assert [step for step, _, _ in steps] == list(range(1, 13))
-    return folder, steps, states
+    """The uninterrupted in-process run of a model: (folder, steps, parameters)."""
+    runs = {}
+
+    def reference(model="resnet34"):
+        if model not in runs:
+            folder = tmp_path_factory.mktemp(f"in_process_{model}")
+            steps, states = _train_in_process(folder, model=model)
+            assert [step for step, _, _ in steps] == list(range(1, 13))
+            runs[model] = folder, steps, states
+        return runs[model]
+    return reference
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop_at, resumes_from", [(5, 4), (8, 7)])  # after epoch 1; mid-epoch 2
-def test_train_resumed_run_has_the_uninterrupted_schedules_at_every_step(stop_at, resumes_from, tmp_path,
-                                                                         _train_in_process_reference):
-    reference_folder, reference, reference_states = _train_in_process_reference
-    first, _ = _train_in_process(tmp_path, stop_at=stop_at)
-    rest, states = _train_in_process(tmp_path)
+@pytest.mark.parametrize("model, stop_at, interval, resumes_from", [
+    ("resnet34", 5, 3, 4),  # from the epoch-1 checkpoint
+    ("resnet34", 8, 3, 7),  # from a mid-epoch checkpoint of epoch 2
+    ("resnet34", "validation", 2, 4),  # from the mid-epoch checkpoint after the last iteration of epoch 1
+    ("ecapa_tdnn", 8, 3, 7),  # the cyclic lr schedule's state, mid-epoch 2
+])
+def test_train_resumed_run_has_the_uninterrupted_schedules_at_every_step(model, stop_at, interval, resumes_from,
+                                                                         tmp_path, _train_in_process_reference):
+    reference_folder, reference, reference_states = _train_in_process_reference(model)
+    first, _ = _train_in_process(tmp_path, stop_at=stop_at, interval=interval, model=model)
+    rest, states = _train_in_process(tmp_path, model=model)
     assert rest[0][0] == resumes_from + 1
     assert first[:resumes_from] + rest == reference  # step, lr and margin of every iteration
     assert _train_same_states(states, reference_states)
@@ -1035,7 +1060,7 @@ def test_train_log_is_repaired_from_the_checkpoint(tmp_path, _train_in_process_r
     """A kill after the epoch's checkpoint but before (or while) its log line was written:
     the rerun finds the last epoch done, writes its line from the checkpoint's meta and
     drops the cut one."""
-    reference_folder, _, reference_states = _train_in_process_reference
+    reference_folder, _, reference_states = _train_in_process_reference()
     shutil.copytree(reference_folder, tmp_path / "run")
     log = tmp_path / "run" / "train_log.txt"
     lines = log.read_text().splitlines(keepends=True)

@@ -27,6 +27,7 @@ import numpy as np
 import speechbrain as sb
 import torch
 from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
+from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
 from speechbrain.utils.distributed import if_main_process
 
 from sb_sphereface2.data.throughput import ThroughputMeter, show_on_progress_bar
@@ -125,13 +126,23 @@ class SpeakerBrain(sb.core.Brain):
             self._wrap_for_ddp()
         self.init_optimizers()
         if self.checkpointer is not None:
-            self.checkpointer.add_recoverable("random_states", RandomStates(), optional_load=True)
-            self.checkpointer.add_recoverable(
-                "train_statistics", self, custom_save_hook=_save_statistics,
-                custom_load_hook=_load_statistics, optional_load=True,
-            )
+            self._add_resume_state()
             self.checkpointer.recover_if_possible()
+            if self.optimizer_step > 0:  # the values in force at the last iteration done
+                self._set_schedules(self.optimizer_step - 1)
             self._resume_train_log()
+
+    def _add_resume_state(self):
+        """What a checkpoint holds besides the modules, the optimizer and the counters, so
+        that a resumed run continues the uninterrupted one."""
+        self.checkpointer.add_recoverable("random_states", RandomStates(), optional_load=True)
+        self.checkpointer.add_recoverable(
+            "train_statistics", self, custom_save_hook=_save_statistics,
+            custom_load_hook=_load_statistics, optional_load=True,
+        )
+        scheduler = self.hparams.lr_scheduler
+        if get_default_hook(scheduler, DEFAULT_SAVE_HOOKS) is not None:  # a schedule with state (cyclic)
+            self.checkpointer.add_recoverable("lr_scheduler", scheduler, optional_load=True)
 
     def _wrap_for_ddp(self):
         from torch.nn.parallel import DistributedDataParallel
@@ -163,7 +174,10 @@ class SpeakerBrain(sb.core.Brain):
 
     def on_fit_batch_start(self, batch, should_step):
         self.throughput.batch_start(batch)
-        iteration = self.optimizer_step  # optimizer steps done so far: this iteration's index
+        self._set_schedules(self.optimizer_step)  # optimizer steps done so far: this iteration's index
+
+    def _set_schedules(self, iteration):
+        """The margin and the learning rate of iteration ``iteration`` (from 0)."""
         self.hparams.margin_scheduler.step(self.hparams.compute_cost, iteration, self.iterations_per_epoch)
         scheduler = self.hparams.lr_scheduler
         if not hasattr(scheduler, "on_batch_end"):  # SpeechBrain's cyclic schedule steps after

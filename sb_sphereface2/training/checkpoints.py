@@ -54,7 +54,7 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.distributed import ddp_barrier, if_main_process, main_process_only
 
-from sb_sphereface2.files import temporary_path
+from sb_sphereface2.files import _fsync_folder, temporary_path
 from sb_sphereface2.training.run_state import save_torch_state
 
 logger = logging.getLogger(__name__)
@@ -89,19 +89,6 @@ def _fsync_tree(folder):
             with open(os.path.join(root, name), "rb") as handle:
                 os.fsync(handle.fileno())
     _fsync_folder(folder)
-
-
-def _fsync_folder(folder):
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 class SafeCheckpointer(Checkpointer):
