@@ -6,12 +6,19 @@ loss, then backward to x and W:
 
 * floor: the head's cosines summed (no implementation can do less);
 * plain: ``SphereFace2Loss(implementation="plain")``, the eager autograd formula;
-* lean: ``SphereFace2Loss()`` (default), loss and gradient in one chunked pass;
+* lean: ``SphereFace2Loss()`` (default), loss and gradient in one chunked pass, its
+  elementwise kernel compiled by ``torch.compile`` (on CPU, for B x C >= 2^19);
+* lean_eager: the same with ``SB_SPHEREFACE2_COMPILE=0`` (the fallback when no
+  compiler is available);
 * sb_aam: SpeechBrain's ``LogSoftmaxWrapper(AdditiveAngularMargin(m=0.2, s=30))``.
 
 Time: of the whole step, and of the loss alone (from given cosines to their
-gradient; its floor is ``cos.sum()``). Implementations run round-robin (so that load from other processes spreads
-over all of them), a few warm-up rounds, then the median of ``--repeats`` rounds.
+gradient; its floor is ``cos.sum()``). Implementations run round-robin (so that load
+from other processes spreads over all of them), a few warm-up rounds (the first
+compiles the lean kernel), then the median of ``--repeats`` rounds, as wall-clock time
+and as the process's CPU time (with one thread, CPU time is much less disturbed by
+other processes on a shared machine than wall time; with two, it also counts the
+threads' waiting).
 
 Memory: each implementation runs in a fresh subprocess with glibc's mmap threshold
 fixed at 64 KiB, so every large tensor is its own mapping, returned to the system
@@ -27,11 +34,12 @@ buffer).
 
 Usage (from the repository root):
     PYTHONPATH=$PWD python benchmarks/bench_loss.py
-    PYTHONPATH=$PWD python benchmarks/bench_loss.py --classes 5994 --repeats 5
+    PYTHONPATH=$PWD python benchmarks/bench_loss.py --classes 17982 --threads 1 --no-memory
 """
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -40,7 +48,9 @@ import time
 
 import torch
 
-IMPLEMENTATIONS = ("floor", "plain", "lean", "sb_aam")
+IMPLEMENTATIONS = ("floor", "plain", "lean", "lean_eager", "sb_aam")
+# SB_SPHEREFACE2_COMPILE for each implementation that reads it.
+COMPILE_SETTING = {"lean": "auto", "lean_eager": "0"}
 
 
 def make_step(name, batch, dim, classes, seed=0, loss_only=False):
@@ -58,24 +68,29 @@ def make_step(name, batch, dim, classes, seed=0, loss_only=False):
     labels = torch.randint(0, classes, (batch,))
     if name == "floor":
         loss_fn = lambda cos, y: cos.sum()  # noqa: E731
-    elif name in ("plain", "lean"):
-        loss_fn = SphereFace2Loss(classes, implementation=name)
+    elif name in ("plain", "lean", "lean_eager"):
+        loss_fn = SphereFace2Loss(classes, implementation="plain" if name == "plain" else "lean")
     elif name == "sb_aam":
         aam = LogSoftmaxWrapper(AdditiveAngularMargin(margin=0.2, scale=30.0))
         loss_fn = lambda cos, y: aam(cos, y.unsqueeze(1))  # noqa: E731
     else:
         raise ValueError(f"unknown implementation {name!r}")
 
+    setting = COMPILE_SETTING.get(name)
     if loss_only:
         cosines = head(x).detach().requires_grad_()
 
         def step():
+            if setting is not None:
+                os.environ["SB_SPHEREFACE2_COMPILE"] = setting
             loss_fn(cosines, labels).backward()
 
     else:
         cosines = None
 
         def step():
+            if setting is not None:
+                os.environ["SB_SPHEREFACE2_COMPILE"] = setting
             loss_fn(head(x), labels).backward()
 
     def zero():
@@ -123,19 +138,22 @@ def peak_memory_in_subprocess(name, batch, dim, classes, loss_only=False):
 
 
 def time_round_robin(batch, dim, classes, warmup, repeats, loss_only=False):
+    """Per implementation: lists of wall-clock and CPU seconds of the timed rounds."""
     steps = {
         name: make_step(name, batch, dim, classes, loss_only=loss_only) for name in IMPLEMENTATIONS
     }
-    times = {name: [] for name in IMPLEMENTATIONS}
+    wall = {name: [] for name in IMPLEMENTATIONS}
+    cpu = {name: [] for name in IMPLEMENTATIONS}
     for round_index in range(warmup + repeats):
         for name, (step, zero) in steps.items():
             zero()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             step()
-            elapsed = time.perf_counter() - start
+            elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
             if round_index >= warmup:
-                times[name].append(elapsed)
-    return times
+                wall[name].append(elapsed)
+                cpu[name].append(elapsed_cpu)
+    return wall, cpu
 
 
 def main():
@@ -146,37 +164,42 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory columns")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load average {os.getloadavg()[0]:.2f}, B={args.batch}, D={args.dim}")
+          f"load average {os.getloadavg()[0]:.2f}, B={args.batch}, D={args.dim}, "
+          f"{os.cpu_count()} CPUs")
     print()
-    print("| C | impl | time ms (median) | time / floor | spread (IQR/median) "
+    print("| C | impl | step ms (median) | step / floor | IQR / median | step CPU / floor CPU "
           "| step peak MB | step peak - floor, [B,C] f32 buffers "
-          "| loss-only peak - floor, [B,C] f32 buffers | loss-only time ms (median) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| loss-only peak - floor, [B,C] f32 buffers | loss-only ms (median) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for classes in args.classes:
-        times = time_round_robin(args.batch, args.dim, classes, args.warmup, args.repeats)
-        loss_times = time_round_robin(
+        times, cpu_times = time_round_robin(args.batch, args.dim, classes, args.warmup, args.repeats)
+        loss_times, _ = time_round_robin(
             args.batch, args.dim, classes, args.warmup, args.repeats, loss_only=True
         )
         memory = {
-            name: peak_memory_in_subprocess(name, args.batch, args.dim, classes)
+            name: math.nan if args.no_memory else peak_memory_in_subprocess(name, args.batch, args.dim, classes)
             for name in IMPLEMENTATIONS
         }
         loss_memory = {
-            name: peak_memory_in_subprocess(name, args.batch, args.dim, classes, True)
+            name: math.nan if args.no_memory
+            else peak_memory_in_subprocess(name, args.batch, args.dim, classes, True)
             for name in IMPLEMENTATIONS
         }
         buffer = 4 * args.batch * classes
         floor_time = statistics.median(times["floor"])
+        floor_cpu = statistics.median(cpu_times["floor"])
         for name in IMPLEMENTATIONS:
             median = statistics.median(times[name])
             q = statistics.quantiles(times[name], n=4)
             print(
                 f"| {classes} | {name} | {median * 1e3:.1f} | {median / floor_time:.2f} "
-                f"| {(q[2] - q[0]) / median:.2f} | {memory[name] / 1e6:.0f} "
+                f"| {(q[2] - q[0]) / median:.2f} "
+                f"| {statistics.median(cpu_times[name]) / floor_cpu:.2f} | {memory[name] / 1e6:.0f} "
                 f"| {(memory[name] - memory['floor']) / buffer:+.2f} "
                 f"| {(loss_memory[name] - loss_memory['floor']) / buffer:+.2f} "
                 f"| {statistics.median(loss_times[name]) * 1e3:.1f} |",

@@ -21,7 +21,7 @@ OLD_PATHS = {
     "sb_sphereface2.head.SphereFace2Head": "sb_sphereface2.models.head.SphereFace2Head",
     "sb_sphereface2.sphereface2.SphereFace2Loss": "sb_sphereface2.losses.sphereface2.SphereFace2Loss",
     "sb_sphereface2.aam.AAMLoss": "sb_sphereface2.losses.aam.AAMLoss",
-    "sb_sphereface2.sharded.ShardedSphereFace2Head": "sb_sphereface2.losses.sharded.ShardedSphereFace2Head",
+    "sb_sphereface2.sharded.ShardedSphereFace2Head": "sb_sphereface2.models.sharded_head.ShardedSphereFace2Head",
     "sb_sphereface2.sharded.ShardedSphereFace2Loss": "sb_sphereface2.losses.sharded.ShardedSphereFace2Loss",
     "sb_sphereface2.lr_schedule.WarmupExponentialLR": "sb_sphereface2.training.lr_schedule.WarmupExponentialLR",
     "sb_sphereface2.margin_scheduler.MarginScheduler": "sb_sphereface2.training.margin_scheduler.MarginScheduler",

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from sb_sphereface2 import SphereFace2Head, SphereFace2Loss
-from sb_sphereface2.losses.lean import lean_sphereface2_loss
+from sb_sphereface2.losses import negatives
+from sb_sphereface2.losses.lean import lean_block_loss, lean_sphereface2_loss
+from sb_sphereface2.losses.negatives import COMPILE_MIN_ELEMENTS, compile_wanted
 from sb_sphereface2.losses.margins import closed_form_bias
 from sb_sphereface2.losses.sphereface2 import sphereface2_loss
 
@@ -198,3 +200,109 @@ def test_function_promotes_half_cosines_under_autocast():
     loss.backward()
     assert c.grad.dtype == torch.bfloat16 and torch.isfinite(c.grad.float()).all()
     assert torch.isfinite(bias.grad)
+
+
+# --- blocks of classes (what a shard of the sharded head computes) ---------------------
+
+
+@pytest.mark.parametrize("kind,margin", SETTINGS)
+@pytest.mark.parametrize("detach", [False, True])
+def test_lean_blocks_add_up_to_the_plain_loss_of_all_classes(kind, margin, detach):
+    """Over a partition of the classes the block losses and their gradients are the
+    plain loss of all classes, in float64 to 1e-10 (targets inside and outside blocks)."""
+    cos, labels = _cosines(8, 31, torch.float64, seed=11)
+    bias = torch.tensor(2.5, dtype=torch.float64)
+    args = (margin, 32.0, 0.7, 3.0, kind, detach)
+    ref = _loss_and_grads(sphereface2_loss, cos, labels, bias, args)
+
+    def blocks(c, y, b, *settings):
+        bounds = [0, 5, 6, 19, 31]  # uneven blocks, one of a single class
+        return sum(lean_block_loss(c[:, lo:hi], y, lo, b, *settings, normaliser=c.shape[0], chunk_columns=4)
+                   for lo, hi in zip(bounds, bounds[1:]))
+
+    got = _loss_and_grads(blocks, cos, labels, bias, args)
+    for name, g, r in zip(("loss", "cos grad", "bias grad"), got, ref):
+        assert _rel(g, r) < 1e-10, (name, _rel(g, r))
+
+
+def test_unit_incoming_gradient_with_retained_graph_keeps_the_saved_gradient():
+    """loss.backward() skips the scaling pass; a retained graph still gives the same
+    gradient on the second backward (the saved buffer is not handed out for mutation)."""
+    cos, labels = _cosines(4, 20, torch.float32, seed=12)
+    cos.requires_grad_()
+    loss = lean_sphereface2_loss(cos, labels, torch.tensor(2.0), 0.2, 32.0, 0.7, 3.0, "C", False)
+    loss.backward(retain_graph=True)
+    first = cos.grad.clone()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    torch.testing.assert_close(cos.grad, 3 * first)
+
+
+# --- the compiled kernel ----------------------------------------------------------------
+
+
+def test_compile_setting(monkeypatch):
+    monkeypatch.delenv("SB_SPHEREFACE2_COMPILE", raising=False)
+    assert compile_wanted("cpu", COMPILE_MIN_ELEMENTS) and not compile_wanted("cpu", COMPILE_MIN_ELEMENTS - 1)
+    assert not compile_wanted("cuda", 10**9)  # not measured on GPUs: eager unless forced
+    monkeypatch.setenv("SB_SPHEREFACE2_COMPILE", "0")
+    assert not compile_wanted("cpu", 10**9)
+    monkeypatch.setenv("SB_SPHEREFACE2_COMPILE", "1")
+    assert compile_wanted("cpu", 1) and compile_wanted("cuda", 1)
+
+
+def test_failed_compilation_falls_back_to_eager_silently(monkeypatch, caplog):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("InductorError: no working C++ compiler found")
+
+    monkeypatch.setenv("SB_SPHEREFACE2_COMPILE", "1")
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    monkeypatch.setattr(negatives._Compiled, "function", None)
+    monkeypatch.setattr(negatives._Compiled, "failed", False)
+    cos, labels = _cosines(5, 40, torch.float64, seed=13)
+    bias = torch.tensor(1.0, dtype=torch.float64)
+    args = (0.2, 32.0, 0.7, 3.0, "C", False)
+    with caplog.at_level("WARNING"):
+        got = _loss_and_grads(lean_sphereface2_loss, cos, labels, bias, args)
+    assert negatives._Compiled.failed and not caplog.records  # nothing above INFO
+    ref = _loss_and_grads(sphereface2_loss, cos, labels, bias, args)
+    for g, r in zip(got, ref):
+        assert _rel(g, r) < 1e-10
+
+
+COMPILED_CASES = [  # (margin type, margin, detach, t, dtype, tolerance)
+    ("C", 0.2, False, 3.0, torch.float64, 1e-10),
+    ("A", 0.15, False, 3.0, torch.float64, 1e-10),
+    ("M", 1.5, False, 3.0, torch.float64, 1e-10),
+    ("A", 0.15, True, 2.5, torch.float64, 1e-10),
+    ("C", 0.2, False, 1.0, torch.float64, 1e-10),
+    ("C", 0.2, False, 3.0, torch.float32, 1e-5),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,margin,detach,t,dtype,tol", COMPILED_CASES)
+def test_compiled_kernel_equals_plain(monkeypatch, kind, margin, detach, t, dtype, tol):
+    """torch.compile of the negatives' kernel: values and gradients of the plain form,
+    over chunks of different widths (dynamic shapes), targets masked in the fused loop."""
+    import torch._dynamo
+
+    monkeypatch.setenv("SB_SPHEREFACE2_COMPILE", "1")
+    monkeypatch.setattr(negatives._Compiled, "function", None)
+    monkeypatch.setattr(negatives._Compiled, "failed", False)
+    torch._dynamo.reset()  # a fresh compilation per case (no recompile limit reached)
+    cos, labels = _cosines(9, 53, dtype, seed=14)
+    bias = torch.tensor(closed_form_bias(53, 32.0, margin, 0.7, t, kind), dtype=dtype)
+    args = (margin, 32.0, 0.7, t, kind, detach)
+    ref = _loss_and_grads(sphereface2_loss, cos, labels, bias, args)
+    for chunk in (7, None):  # 7 chunks of 7 and one of 4; one chunk of 53
+        got = _loss_and_grads(
+            lambda *a: lean_sphereface2_loss(*a, chunk_columns=chunk), cos, labels, bias, args
+        )
+        assert negatives._Compiled.function is not None and not negatives._Compiled.failed
+        for name, g, r in zip(("loss", "cos grad", "bias grad"), got, ref):
+            assert _rel(g, r) < tol, (name, chunk, _rel(g, r))
+    # A new margin (the scheduler changes it every iteration) reuses the compiled code.
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    _loss_and_grads(lean_sphereface2_loss, cos, labels, bias, (margin * 1.1,) + args[1:])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames

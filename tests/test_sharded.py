@@ -4,11 +4,15 @@ independent single-process computation of the same global batch.
 Each test spawns 2 processes with ``torch.multiprocessing.spawn``; every process
 writes what it measured to a file, and the parent compares with the reference
 computed here in float64 by a direct eager formula (not the library's loss).
+The processes meet through a fresh rendezvous file (no TCP port to race for on a busy
+machine), with timeouts, and pass a barrier before leaving the process group (no
+process closes its connections while another still talks to it).
 """
 
+import datetime
 import math
 import os
-import socket
+import tempfile
 
 import pytest
 import torch
@@ -16,8 +20,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from sb_sphereface2.losses.sharded import ShardedSphereFace2Loss
 from sb_sphereface2.models.head import SphereFace2Head
-from sb_sphereface2.losses.sharded import ShardedSphereFace2Head, ShardedSphereFace2Loss, shard_range
+from sb_sphereface2.models.sharded_head import ShardedSphereFace2Head, shard_range
 
 WORLD = 2
 DIM = 6
@@ -26,25 +31,22 @@ BATCH = 3  # per process
 SETTINGS = dict(scale=32.0, margin=0.2, lambda_=0.7, t=3.0)
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+TIMEOUT = datetime.timedelta(seconds=300)  # a loaded CI machine is slow, not that slow
 
 
 def _spawn(target, *args):
-    port = _free_port()
-    mp.spawn(_entry, args=(target, port) + args, nprocs=WORLD, join=True)
+    with tempfile.TemporaryDirectory() as folder:
+        init_method = "file://" + os.path.join(folder, "rendezvous")
+        mp.spawn(_entry, args=(target, init_method) + args, nprocs=WORLD, join=True)
 
 
-def _entry(rank, target, port, *args):
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
+def _entry(rank, target, init_method, *args):
     os.environ["RANK"] = str(rank)  # speechbrain's if_main_process reads it
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD, timeout=TIMEOUT)
     try:
         target(rank, *args)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -68,29 +70,37 @@ def _problem(seed=0):
     return emb, weight, labels, 1.25  # exact in float32 (the bias parameter is created in float32)
 
 
+IMPLEMENTATIONS = ("lean", "plain")
+
+
 def _loss_and_grads_worker(rank, out_dir):
     emb, weight, labels, bias = _problem()
-    head = ShardedSphereFace2Head(DIM, CLASSES).double()
-    head.load_state_dict({"weight": weight})  # full matrix in, this rank's rows kept
-    loss_fn = ShardedSphereFace2Loss(CLASSES, bias_init=bias, **SETTINGS).double()
     rows = slice(rank * BATCH, (rank + 1) * BATCH)
-    x = emb[rows].clone().requires_grad_()
-    loss = loss_fn(head(x.unsqueeze(1)), labels[rows].unsqueeze(1))
-    loss.backward()
-    mean = loss.detach().clone()
-    dist.all_reduce(mean)
-    logits = loss_fn.training_logits(head(x).detach(), labels[rows])
-    torch.save(
-        {
-            "loss": loss.detach(), "mean_loss": mean / WORLD, "x_grad": x.grad,
-            "weight_grad": head.weight.grad, "rows": (head.start, head.stop),
-            "bias_grad": loss_fn.bias.grad, "logits": logits,
-        },
-        os.path.join(out_dir, f"rank{rank}.pt"),
-    )
+    for implementation in IMPLEMENTATIONS:
+        head = ShardedSphereFace2Head(DIM, CLASSES).double()
+        head.load_state_dict({"weight": weight})  # full matrix in, this rank's rows kept
+        loss_fn = ShardedSphereFace2Loss(CLASSES, bias_init=bias, implementation=implementation,
+                                         **SETTINGS).double()
+        x = emb[rows].clone().requires_grad_()
+        loss = loss_fn(head(x.unsqueeze(1)), labels[rows].unsqueeze(1))
+        loss.backward()
+        mean = loss.detach().clone()
+        dist.all_reduce(mean)
+        logits = loss_fn.training_logits(head(x).detach(), labels[rows])
+        torch.save(
+            {
+                "loss": loss.detach(), "mean_loss": mean / WORLD, "x_grad": x.grad,
+                "weight_grad": head.weight.grad, "rows": (head.start, head.stop),
+                "bias_grad": loss_fn.bias.grad, "logits": logits,
+            },
+            os.path.join(out_dir, f"{implementation}{rank}.pt"),
+        )
 
 
+@pytest.mark.slow
 def test_loss_and_gradients_equal_unsharded(tmp_path):
+    """Both implementations per shard (lean, the default, and plain) against the reference."""
+    assert ShardedSphereFace2Loss(CLASSES).implementation == "lean"
     _spawn(_loss_and_grads_worker, str(tmp_path))
     emb, weight, labels, bias = _problem()
     emb.requires_grad_()
@@ -98,11 +108,12 @@ def test_loss_and_gradients_equal_unsharded(tmp_path):
     bias_t = torch.tensor(bias, dtype=torch.float64, requires_grad=True)
     loss = _reference_loss(emb, weight, labels, bias_t, **SETTINGS)
     loss.backward()
-    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
-    assert [r["rows"] for r in results] == [(0, 4), (4, 7)]
+    results = [torch.load(tmp_path / f"{impl}{r}.pt") for impl in IMPLEMENTATIONS for r in range(WORLD)]
+    assert [r["rows"] for r in results] == [(0, 4), (4, 7)] * len(IMPLEMENTATIONS)
     # The per-process values differ (each is N x its class block's share) ...
     assert not torch.allclose(results[0]["loss"], results[1]["loss"])
-    for rank, result in enumerate(results):
+    for index, result in enumerate(results):
+        rank = index % WORLD
         # ... their mean is the global-batch loss,
         torch.testing.assert_close(result["mean_loss"], loss.detach(), rtol=1e-12, atol=0)
         # each weight shard gets exactly its rows of the unsharded gradient,
@@ -135,6 +146,7 @@ def _checkpoint_worker(rank, out_dir):
                os.path.join(out_dir, f"loaded{rank}.pt"))
 
 
+@pytest.mark.slow
 def test_checkpoint_full_head_across_world_sizes(tmp_path):
     # An unsharded checkpoint for the sharded processes to load.
     unsharded = SphereFace2Head(DIM, CLASSES).double()
@@ -250,6 +262,7 @@ def _ddp_training_worker(rank, out_dir, sharded):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sharded", [True, False], ids=["sharded_head", "replicated_head"])
 def test_ddp_training_equals_one_process_with_the_global_batch(tmp_path, sharded):
     from sb_sphereface2.losses.sphereface2 import SphereFace2Loss
@@ -269,3 +282,14 @@ def test_ddp_training_equals_one_process_with_the_global_batch(tmp_path, sharded
             torch.testing.assert_close(result["encoder"][name], value, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(result["head"]["weight"], head.weight.detach(), rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(result["bias"], loss_fn.bias.detach(), rtol=1e-9, atol=1e-12)
+
+
+def test_names_importable_where_0_1_had_them():
+    from sb_sphereface2.losses import sharded
+    from sb_sphereface2.models import sharded_head
+    from sb_sphereface2.training import distributed
+
+    assert sharded.ShardedSphereFace2Head is sharded_head.ShardedSphereFace2Head
+    assert sharded.shard_range is sharded_head.shard_range
+    for name in ("world_and_rank", "all_gather_rows", "save_optimizer_per_process", "load_optimizer_per_process"):
+        assert getattr(sharded, name) is getattr(distributed, name)

@@ -1,4 +1,5 @@
-"""SphereFace2 loss against an independent plain implementation written from SPEC §1."""
+"""SphereFace2 loss against an independent implementation written element by element from
+the formulas of the SphereFace2 papers (Wen et al., ICLR 2022; Han et al., ICASSP 2023)."""
 
 import math
 
@@ -83,14 +84,16 @@ SETTINGS = [("C", 0.2), ("A", 0.15), ("M", 1.7)]
 
 @pytest.mark.parametrize("kind,margin", SETTINGS)
 @pytest.mark.parametrize("detach", [False, True])
-def test_matches_independent_reference(kind, margin, detach):
+@pytest.mark.parametrize("implementation", ["lean", "plain"])
+def test_matches_independent_reference(kind, margin, detach, implementation):
     torch.manual_seed(0)
     B, C = 5, 7
     # Keep cosines away from +-1 and from the kinks of the piecewise definitions.
     cos = (torch.rand(B, C, dtype=torch.float64) * 1.8 - 0.9).requires_grad_()
     labels = torch.randint(0, C, (B,))
     loss_fn = SphereFace2Loss(
-        C, scale=16.0, margin=margin, margin_type=kind, bias_init=1.5, detach_adjustment=detach
+        C, scale=16.0, margin=margin, margin_type=kind, bias_init=1.5, detach_adjustment=detach,
+        implementation=implementation,
     ).double()
     loss = loss_fn(cos.unsqueeze(1), labels.unsqueeze(1))
     loss.backward()
@@ -212,10 +215,13 @@ def test_head_matches_speechbrain_classifier_weights():
 
 
 def test_training_logits():
-    loss_fn = SphereFace2Loss(3, scale=10.0, margin=0.2)
+    """s * (c - m * onehot), the same for SphereFace2 and the AAM baseline."""
+    from sb_sphereface2 import AAMLoss
+
     cos = torch.tensor([[[0.5, 0.4, 0.0]]])
-    out = loss_fn.training_logits(cos, torch.tensor([[0]]))
-    torch.testing.assert_close(out, torch.tensor([[[3.0, 4.0, 0.0]]]))
+    for loss_fn in (SphereFace2Loss(3, scale=10.0, margin=0.2), AAMLoss(3, scale=10.0, margin=0.2)):
+        out = loss_fn.training_logits(cos, torch.tensor([[0]]))
+        torch.testing.assert_close(out, torch.tensor([[[3.0, 4.0, 0.0]]]))
 
 
 def test_margin_is_settable():
@@ -245,6 +251,14 @@ def test_bad_hparams_raise(kwargs, needle):
         SphereFace2Loss(**kwargs)
 
 
+def test_finite_cosines_whose_sum_overflows_pass_the_check():
+    from sb_sphereface2.losses.base import flatten_outputs
+
+    big = torch.full((2, 3), 3e38)  # finite in float32, their sum is not
+    cos, _ = flatten_outputs(big, torch.tensor([0, 1]), 3)
+    assert torch.equal(cos, big)
+
+
 def test_bad_inputs_raise():
     loss_fn = SphereFace2Loss(5)
     cos = torch.zeros(2, 1, 5)
@@ -252,8 +266,12 @@ def test_bad_inputs_raise():
         loss_fn(cos, torch.tensor([[0], [5]]))
     with pytest.raises(ValueError, match="labels must be in"):
         loss_fn(cos, torch.tensor([[-1], [0]]))
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(ValueError, match="finite, found nan"):
         loss_fn(torch.full((2, 1, 5), float("nan")), torch.tensor([[0], [1]]))
+    one_inf = torch.zeros(2, 1, 5)
+    one_inf[1, 0, 3] = -float("inf")
+    with pytest.raises(ValueError, match="finite, found -inf"):
+        loss_fn(one_inf, torch.tensor([[0], [1]]))
     with pytest.raises(ValueError, match="shape"):
         loss_fn(torch.zeros(2, 1, 4), torch.tensor([[0], [1]]))
     with pytest.raises(ValueError, match="integers"):

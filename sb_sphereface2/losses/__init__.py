@@ -2,9 +2,13 @@
 
 - ``margins``: the similarity adjustment g and the three margin types C, A, M; the
   closed-form bias. The maths of the paper, in one short file.
-- ``sphereface2``: ``SphereFace2Loss`` (SpeechBrain's ``compute_cost`` interface) and the
-  plain eager loss.
-- ``lean``: the same loss and its gradient in one pass over class chunks (the default).
+- ``base``: what every cosine-margin loss shares (input check, run-time margin,
+  training-accuracy logits).
+- ``sphereface2``: ``SphereFace2Loss`` (SpeechBrain's ``compute_cost`` interface) and
+  ``class_block_loss``, the one entry point for the loss terms of a block of classes
+  (the whole head, or one process's shard), plain or lean.
+- ``lean``: those terms and their gradient in one pass over class chunks (the default).
+- ``negatives``: the elementwise kernel of the lean loss, compiled when it pays.
 - ``sharded``: the loss for a head whose classes are split across DDP processes.
 - ``aam``: SpeechBrain's AAM-softmax behind the same interface, the baseline.
 """

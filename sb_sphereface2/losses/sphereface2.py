@@ -3,32 +3,42 @@
 The margins and g are in :mod:`sb_sphereface2.losses.margins`; this module turns them
 into the loss
 
-    L = mean_i [ lambda * softplus(-z+_i) + (1 - lambda) * sum_{j != y_i} softplus(z-_ij) ]
+    L = (1/B) sum_i [ lambda * softplus(-z+_i) + (1 - lambda) * sum_{j != y_i} softplus(z-_ij) ]
 
-either directly (``sphereface2_loss``, eager autograd) or chunk by chunk with the
-gradient computed in the forward pass (:mod:`sb_sphereface2.losses.lean`, the default).
+``class_block_loss`` is the one entry point for the terms of a block of classes: the
+whole head (``SphereFace2Loss``) is the block [0, C), a shard of a sharded head
+(:mod:`sb_sphereface2.losses.sharded`) is its rows. It evaluates them either directly
+(``implementation="plain"``: eager autograd, higher-order gradients) or chunk by chunk
+with the gradient computed in the forward pass (``"lean"``, the default,
+:mod:`sb_sphereface2.losses.lean`).
 """
 
 import torch
 import torch.nn.functional as F
 
-from sb_sphereface2.losses.lean import lean_sphereface2_loss
+from sb_sphereface2.losses.base import CosineMarginLoss, flatten_outputs
+from sb_sphereface2.losses.lean import lean_block_loss
 from sb_sphereface2.losses.margins import MARGIN_TYPES, check_margin, closed_form_bias
 
+IMPLEMENTATIONS = ("lean", "plain")
 
-def sphereface2_loss(cos, targets, bias, margin, scale, lambda_, t, margin_type, detach_adjustment):
-    """The SphereFace2 loss on a [B, C] float cosine matrix, mean over the batch.
 
-    This is the direct (eager) form of the formula in the module docstring.
+def plain_block_loss(cos, targets, start, bias, margin, scale, lambda_, t, margin_type,
+                     detach_adjustment, normaliser):
+    """The SphereFace2 loss terms of the classes [start, start + K), written directly
+    (eager autograd; supports higher-order gradients). Arguments as ``class_block_loss``.
 
     Example
     -------
-    >>> cos = torch.tensor([[0.9, -0.1, 0.2]])
-    >>> loss = sphereface2_loss(cos, torch.tensor([0]), torch.tensor(0.0), 0.2, 32.0, 0.7, 3.0, "C", False)
-    >>> loss.shape, bool(loss > 0)
-    (torch.Size([]), True)
+    >>> cos, y = torch.tensor([[0.9, -0.1, 0.2], [0.3, 0.5, -0.7]]), torch.tensor([0, 2])
+    >>> args = (torch.tensor(1.0), 0.2, 32.0, 0.7, 3.0, "C", False, 2)
+    >>> parts = plain_block_loss(cos[:, :1], y, 0, *args) + plain_block_loss(cos[:, 1:], y, 1, *args)
+    >>> torch.allclose(parts, plain_block_loss(cos, y, 0, *args))
+    True
     """
-    index = targets.unsqueeze(1)
+    local = targets - start
+    here = (local >= 0) & (local < cos.shape[1])
+    index = torch.where(here, local, 0).unsqueeze(1)
     cos_target = cos.gather(1, index).squeeze(1)
     pos, neg = MARGIN_TYPES[margin_type](cos_target, cos, margin, t)
     if detach_adjustment:
@@ -36,57 +46,82 @@ def sphereface2_loss(cos, targets, bias, margin, scale, lambda_, t, margin_type,
         # gradient sees plain s * c.
         pos = cos_target + (pos - cos_target).detach()
         neg = cos + (neg - cos).detach()
-    pos_loss = F.softplus(-(scale * pos + bias))
-    neg_loss = F.softplus(scale * neg + bias).scatter(1, index, 0.0).sum(dim=1)
-    return (lambda_ * pos_loss + (1 - lambda_) * neg_loss).mean()
+    pos_loss = torch.where(here, F.softplus(-(scale * pos + bias)), 0.0)
+    is_target = torch.arange(cos.shape[1], device=cos.device) == local.unsqueeze(1)
+    neg_loss = F.softplus(scale * neg + bias).masked_fill(is_target, 0.0).sum(dim=1)
+    return (lambda_ * pos_loss + (1 - lambda_) * neg_loss).sum() / normaliser
 
 
-def flatten_outputs(outputs, targets, num_classes):
-    """Validate SpeechBrain-shaped cosines and labels; return [B, C] float32 and [B] long.
+def class_block_loss(cos, targets, start, bias, margin, scale, lambda_, t, margin_type,
+                     detach_adjustment, normaliser, implementation="lean"):
+    """The SphereFace2 loss terms of one block of classes, summed over the batch and
+    divided by ``normaliser``.
 
-    Accepts outputs [B, 1, C] (SpeechBrain's ECAPA ``Classifier``) or [B, C], and
-    targets [B, 1] or [B]. Half-precision cosines are promoted to float32; float64
-    stays float64.
+    Column k of ``cos`` is class ``start + k``. Samples whose target is in the block get
+    their positive term and all other columns as negatives; the other samples get every
+    column as a negative. Over the blocks of a partition of the classes the values add
+    up to the loss of all classes; with ``start`` = 0, all C columns and ``normaliser``
+    = B it is the loss of the module docstring.
+
+    Arguments
+    ---------
+    cos : torch.Tensor
+        Cosines [B, K].
+    targets : torch.Tensor
+        Global class labels [B] (long).
+    start : int
+        Class index of column 0.
+    bias : torch.Tensor
+        0-d bias.
+    margin, scale, lambda_, t, margin_type, detach_adjustment
+        As in ``SphereFace2Loss``.
+    normaliser : float
+        The sum is divided by it (B for the batch mean).
+    implementation : str
+        "lean" (``lean.lean_block_loss``) or "plain" (``plain_block_loss``).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar.
 
     Example
     -------
-    >>> cos, y = flatten_outputs(torch.zeros(4, 1, 3), torch.tensor([[0], [1], [2], [0]]), 3)
-    >>> cos.shape, y.tolist()
-    (torch.Size([4, 3]), [0, 1, 2, 0])
+    >>> cos, y = torch.rand(3, 5, dtype=torch.float64) * 2 - 1, torch.tensor([0, 3, 4])
+    >>> args = (torch.tensor(1.0, dtype=torch.float64), 0.2, 32.0, 0.7, 3.0, "C", False, 3)
+    >>> lean = class_block_loss(cos[:, :2], y, 0, *args) + class_block_loss(cos[:, 2:], y, 2, *args)
+    >>> plain = class_block_loss(cos, y, 0, *args, implementation="plain")
+    >>> torch.allclose(lean, plain, rtol=1e-12, atol=0)
+    True
     """
-    if outputs.dim() == 3 and outputs.shape[1] == 1:
-        outputs = outputs.squeeze(1)
-    if outputs.dim() != 2 or outputs.shape[1] != num_classes:
-        raise ValueError(
-            f"expected cosines of shape [B, 1, {num_classes}] or [B, {num_classes}], "
-            f"got {tuple(outputs.shape)}"
-        )
-    if targets.dim() == 2 and targets.shape[1] == 1:
-        targets = targets.squeeze(1)
-    if targets.dim() != 1 or targets.shape[0] != outputs.shape[0]:
-        raise ValueError(
-            f"expected labels of shape [{outputs.shape[0]}] or [{outputs.shape[0]}, 1], "
-            f"got {tuple(targets.shape)}"
-        )
-    if targets.dtype.is_floating_point:
-        raise ValueError(f"labels must be integers, got dtype {targets.dtype}")
-    cos = outputs if outputs.dtype == torch.float64 else outputs.float()
-    targets = targets.long()
-    # One host synchronisation for all three checks.
-    low, high, finite = torch.stack(
-        [targets.min().float(), targets.max().float(), torch.isfinite(cos).all().float()]
-    ).tolist()
-    if finite != 1.0:
-        bad = cos[~torch.isfinite(cos)][0].item()
-        raise ValueError(f"cosines must be finite, found {bad}")
-    if low < 0 or high >= num_classes:
-        raise ValueError(
-            f"labels must be in [0, {num_classes - 1}], found {int(low if low < 0 else high)}"
-        )
-    return cos, targets
+    if implementation == "lean":
+        return lean_block_loss(cos, targets, start, bias, margin, scale, lambda_, t, margin_type,
+                               detach_adjustment, normaliser)
+    if implementation == "plain":
+        return plain_block_loss(cos, targets, start, bias, margin, scale, lambda_, t, margin_type,
+                                detach_adjustment, normaliser)
+    raise ValueError(f"implementation must be 'lean' or 'plain', got {implementation!r}")
 
 
-class SphereFace2Loss(torch.nn.Module):
+def sphereface2_loss(cos, targets, bias, margin, scale, lambda_, t, margin_type, detach_adjustment):
+    """The SphereFace2 loss of all classes of a [B, C] cosine matrix, mean over the batch,
+    in its plain form (``class_block_loss`` of the block [0, C)).
+
+    Example
+    -------
+    With zero cosines, t = 1, no margin and no bias every logit is 0: the loss is
+    (0.7 + 0.3 (C - 1)) log 2 = 0.901091 for C = 3.
+
+    >>> cos = torch.zeros(2, 3)
+    >>> loss = sphereface2_loss(cos, torch.tensor([0, 2]), torch.tensor(0.0), 0.0, 32.0, 0.7, 1.0, "C", False)
+    >>> round(loss.item(), 6)
+    0.901091
+    """
+    return plain_block_loss(cos, targets, 0, bias, margin, scale, lambda_, t, margin_type,
+                            detach_adjustment, cos.shape[0])
+
+
+class SphereFace2Loss(CosineMarginLoss):
     """SphereFace2 loss, a drop-in ``compute_cost`` for SpeechBrain speaker recipes.
 
     Takes the cosines of a cosine classifier head (SpeechBrain's ECAPA ``Classifier``
@@ -101,7 +136,8 @@ class SphereFace2Loss(torch.nn.Module):
         Scale s of the logits.
     margin : float
         Margin m; settable at run time as ``loss.margin`` (the ``MarginScheduler`` does).
-        For type M it is the angle multiplier (>= 1).
+        For type M it is the angle multiplier (>= 1). The closed-form bias is evaluated
+        at the margin given here (give the margin in force when training starts).
     lambda_ : float
         Weight of the positive term, in (0, 1); 1 - lambda_ weighs the negatives.
     t : float
@@ -114,9 +150,9 @@ class SphereFace2Loss(torch.nn.Module):
         If True, g and the margin are a detached offset (original SphereFace2); the
         default differentiates through them (speaker-verification paper).
     implementation : str
-        "lean" (default): ``lean.lean_sphereface2_loss``, loss and gradient in one pass
-        over class chunks, one [B, C] buffer kept for backward, first-order gradients
-        only. "plain": ``sphereface2_loss`` through autograd (supports double backward).
+        "lean" (default): ``lean.lean_block_loss``, loss and gradient in one pass over
+        class chunks, one [B, C] buffer kept for backward, first-order gradients only.
+        "plain": ``plain_block_loss`` through autograd (supports double backward).
 
     Returns
     -------
@@ -148,22 +184,16 @@ class SphereFace2Loss(torch.nn.Module):
         detach_adjustment=False,
         implementation="lean",
     ):
-        super().__init__()
-        if implementation not in ("lean", "plain"):
+        super().__init__(num_classes, scale)
+        if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be 'lean' or 'plain', got {implementation!r}")
         self.implementation = implementation
         if margin_type not in MARGIN_TYPES:
             raise ValueError(f"margin_type must be one of C, A, M, got {margin_type!r}")
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         if not 0 < float(lambda_) < 1:
             raise ValueError(f"lambda_ must be in (0, 1), got {lambda_}")
         if not float(t) >= 1:
             raise ValueError(f"t must be >= 1, got {t}")
-        if not float(scale) > 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
-        self.num_classes = num_classes
-        self.scale = float(scale)
         self.lambda_ = float(lambda_)
         self.t = float(t)
         self.margin_type = margin_type
@@ -182,14 +212,16 @@ class SphereFace2Loss(torch.nn.Module):
                 ) from None
         self.bias = torch.nn.Parameter(torch.tensor(bias, dtype=torch.float32))
 
-    @property
-    def margin(self):
-        """The margin in force (float)."""
-        return self._margin
+    def check_margin(self, value):
+        return check_margin(value, self.margin_type)
 
-    @margin.setter
-    def margin(self, value):
-        self._margin = check_margin(value, self.margin_type)
+    def block_loss(self, cos, targets, start, bias, normaliser):
+        """``class_block_loss`` with this loss's settings, autocast off."""
+        with torch.autocast(device_type=cos.device.type, enabled=False):
+            return class_block_loss(
+                cos, targets, start, bias.to(cos.dtype), self.margin, self.scale, self.lambda_,
+                self.t, self.margin_type, self.detach_adjustment, normaliser, self.implementation,
+            )
 
     def forward(self, outputs, targets, length=None):
         """Loss for cosines ``outputs`` [B, 1, C] or [B, C] and labels ``targets``.
@@ -197,25 +229,7 @@ class SphereFace2Loss(torch.nn.Module):
         ``length`` is accepted for SpeechBrain's ``compute_cost`` signature and unused.
         """
         cos, targets = flatten_outputs(outputs, targets, self.num_classes)
-        loss_function = lean_sphereface2_loss if self.implementation == "lean" else sphereface2_loss
-        with torch.autocast(device_type=cos.device.type, enabled=False):
-            return loss_function(
-                cos,
-                targets,
-                self.bias.to(cos.dtype),
-                self.margin,
-                self.scale,
-                self.lambda_,
-                self.t,
-                self.margin_type,
-                self.detach_adjustment,
-            )
-
-    def training_logits(self, outputs, targets):
-        """Logits for the training-accuracy meter: s * (c - m * onehot), shaped like ``outputs``."""
-        cos, labels = flatten_outputs(outputs, targets, self.num_classes)
-        onehot = F.one_hot(labels, self.num_classes).to(cos.dtype)
-        return (self.scale * (cos - self.margin * onehot)).reshape(outputs.shape)
+        return self.block_loss(cos, targets, 0, self.bias, normaliser=cos.shape[0])
 
     def extra_repr(self):
         return (
