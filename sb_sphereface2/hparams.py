@@ -39,7 +39,12 @@ from hyperpyyaml import load_hyperpyyaml, resolve_references
 BLOCK_KEYS = {"model": "models", "loss": "losses", "features": "features"}
 
 
-class UnknownKeyError(ValueError):
+class HparamsError(ValueError):
+    """The hyperparameters cannot be composed or are wrong: the command line or the stage
+    file must change (recipes exit with code 2)."""
+
+
+class UnknownKeyError(HparamsError):
     """An override names a key that the hyperparameters do not have."""
 
 
@@ -54,11 +59,19 @@ def parse_overrides(overrides):
     -------
     >>> parse_overrides("lr: 0.5\\nmodel: ecapa_tdnn\\n")
     {'lr': 0.5, 'model': 'ecapa_tdnn'}
+    >>> parse_overrides("lr: 0.5\\nlr: 0.1\\n")
+    Traceback (most recent call last):
+    ...
+    sb_sphereface2.hparams.HparamsError: command-line overrides: found duplicate key "lr" with value "0.1" (original value: "0.5")
     """
     if overrides is None or overrides == "":
         return {}
     if isinstance(overrides, str):
-        return dict(_yaml().load(overrides) or {})
+        try:
+            return dict(_yaml().load(overrides) or {})
+        except ruamel.yaml.YAMLError as error:  # a key given twice, a value that is not yaml
+            problem = getattr(error, "problem", None) or " ".join(str(error).split())
+            raise HparamsError(f"command-line overrides: {problem}") from None
     return dict(overrides)
 
 
@@ -72,7 +85,7 @@ def _block_path(stage_file, kind, name):
             return path
     folder = os.path.join(os.path.dirname(stage_file), BLOCK_KEYS[kind])
     known = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
-    raise ValueError(f"unknown {kind} {name!r}: no {candidates[-1]} (known: {', '.join(known)})")
+    raise HparamsError(f"unknown {kind} {name!r}: no {candidates[-1]} (known: {', '.join(known)})")
 
 
 def _compose_tree(stage_file, overrides):
@@ -83,9 +96,9 @@ def _compose_tree(stage_file, overrides):
         try:
             stage = _yaml().load(handle)
         except ruamel.yaml.YAMLError as error:
-            raise ValueError(f"{stage_file} is not valid yaml: {' '.join(str(error).split())}") from None
+            raise HparamsError(f"{stage_file} is not valid yaml: {' '.join(str(error).split())}") from None
     if not isinstance(stage, dict):
-        raise ValueError(f"{stage_file}: expected a mapping of hyperparameters")
+        raise HparamsError(f"{stage_file}: expected a mapping of hyperparameters")
     if "base" in stage:
         # A stage's own model/loss keys pick the base's blocks (command-line overrides win).
         base_overrides = {kind: stage[kind] for kind in BLOCK_KEYS if kind in stage}
@@ -107,7 +120,7 @@ def _compose_tree(stage_file, overrides):
             if key in own_keys:
                 continue  # the stage file overrides the block
             if key in seen:
-                raise ValueError(f"{path} and {seen[key]} both define {key!r}")
+                raise HparamsError(f"{path} and {seen[key]} both define {key!r}")
             seen[key] = path
             merged[key] = value
     return merged
@@ -223,9 +236,36 @@ def peek_hparams(stage_file, overrides=None, **extra):
     >>> peek_hparams("hparams/train.yaml", {"data_folder": "/data/vox"})["data_folder"]
     '/data/vox'
     """
-    text = compose_hparams_yaml(stage_file, {**parse_overrides(overrides), **extra})
-    tree = _yaml().load(resolve_references(io.StringIO(text)))
+    tree = _resolved_tree(stage_file, overrides, extra)
     return {key: _to_plain(value) for key, value in tree.items() if not _tag(value)}
+
+
+def peek_object(stage_file, key, overrides=None, **extra):
+    """The tag and the plain arguments of the object that ``key`` builds (``key: !new:...``),
+    references resolved, nothing instantiated: for checks of its values before any work.
+
+    Returns
+    -------
+    (str, dict)
+        The tag (``"!new:sb_sphereface2.SphereFace2Loss"``) and the arguments with plain
+        values (tagged arguments left out); ``(None, {})`` when ``key`` holds no object.
+
+    Example
+    -------
+    >>> tag, args = peek_object("hparams/train.yaml", "compute_cost", {"loss": "sphereface2_a"})
+    >>> tag, args["margin_type"], args["scale"]
+    ('!new:sb_sphereface2.SphereFace2Loss', 'A', 32.0)
+    """
+    node = _resolved_tree(stage_file, overrides, extra).get(key)
+    tag = _tag(node)
+    if tag is None or not isinstance(node, dict):
+        return tag, {}
+    return tag, {name: _to_plain(value) for name, value in node.items() if not _tag(value)}
+
+
+def _resolved_tree(stage_file, overrides, extra):
+    text = compose_hparams_yaml(stage_file, {**parse_overrides(overrides), **extra})
+    return _yaml().load(resolve_references(io.StringIO(text)))
 
 
 def _to_plain(value):

@@ -15,10 +15,16 @@ Switch blocks with ``--model=ecapa_tdnn`` / ``--loss=aam`` (see hparams/train.ya
 ``torchrun --standalone --nproc_per_node=N`` (``batch_size`` is the total batch: each process
 loads batch_size / N; add ``--distributed_backend=gloo`` on CPU) and ``--precision=bf16|fp16``.
 ``hparams/train_sharded.yaml`` splits the head's classes across the processes.
-The run folder keeps the composed ``hyperparams.yaml`` it ran with. Interrupt it and run the
-same command again: it resumes from the last checkpoint. At the end the last
-``average_last`` epoch checkpoints are averaged into ``model_folder``, a SpeechBrain
-pretrained-model folder.
+The run folder keeps the composed ``hyperparams.yaml`` it ran with. Interrupt it (even with
+``kill -9``) and run the same command again: it resumes from the newest good checkpoint
+(epoch checkpoints, and mid-epoch ones every ``ckpt_interval_minutes``) with the
+schedules and random draws of an uninterrupted run. At the end the last ``average_last``
+epoch checkpoints are averaged into ``model_folder``, a SpeechBrain pretrained-model folder.
+
+Failures end in one line on stderr (``error: ...``) naming the key, file or folder: exit
+code 2 when the command must change (an unknown or invalid hyperparameter, checked before
+any work; an output folder holding another run's checkpoints), 1 otherwise (bad data, a
+read-only or full disk). docs/reliability.md lists the faults and what happens.
 """
 
 import logging
@@ -40,12 +46,16 @@ from sb_sphereface2.data.shards import shard_loader
 from sb_sphereface2.data.speakers import check_classes, label_encoder, read_speakers
 from sb_sphereface2.data.speed import speed_labels, training_speeds
 from sb_sphereface2.data.trials import read_trials
-from sb_sphereface2.files import write_text_atomic
-from sb_sphereface2.hparams import compose_hparams_yaml, parse_overrides, peek_hparams
+from sb_sphereface2.files import remove_stale_temporaries, write_text_atomic
+from sb_sphereface2.hparams import HparamsError, compose_hparams_yaml, parse_overrides
 from sb_sphereface2.losses.margins import closed_form_bias
 from sb_sphereface2.pretrained.initialise import initialise_from_model_folder
 from sb_sphereface2.pretrained.folder import check_model_folder, inference_hparams_yaml, write_model_folder
 from sb_sphereface2.training.brain import SpeakerBrain
+from sb_sphereface2.training.checkpoints import CheckpointMismatchError, CheckpointWriteError
+from sb_sphereface2.training.os_errors import check_writable, os_error_line
+from sb_sphereface2.training.run_state import ClassLabels
+from sb_sphereface2.training.settings import checked_settings
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +87,8 @@ def prepare_data(settings):
 
 
 def check_settings(settings):
-    """One-line errors for bad combinations, before anything runs."""
+    """One-line errors for bad combinations, before anything runs (types and ranges of
+    single keys: ``checked_settings``)."""
     if not settings.get("data_folder"):
         raise ValueError("data_folder is required: give --data_folder=<folder of <speaker>/<session>/<utt>.wav>")
     if "pretrained_model" in settings and not settings["pretrained_model"]:
@@ -95,6 +106,18 @@ def check_settings(settings):
     pretrained = settings.get("pretrained_model")
     if pretrained:
         check_model_folder(pretrained)
+
+
+def remove_leftovers(settings):
+    """Remove what killed runs left in the run folder: temporary files and folders of dead
+    processes (``.model.tmp<pid>/``, a checkpoint cut short ``save/.CKPT+<time>.tmp<pid>/``,
+    ``data/.train.csv.tmp<pid>``). Main process only."""
+    folders = {settings["output_folder"], settings["save_folder"], settings["data_prep_folder"],
+               os.path.dirname(os.path.abspath(settings["model_folder"]))}
+    for folder in sorted(folders):
+        removed = remove_stale_temporaries(folder)
+        if removed:
+            logger.info("removed what killed runs left in %s: %s", folder, ", ".join(removed))
 
 
 def per_process_batch(total, world_size):
@@ -204,12 +227,15 @@ def average_into_model_folder(brain, hparams, stage_file, overrides, num_classes
 def main(argv):
     stage_file, run_opts, overrides = sb.parse_arguments(argv)
     overrides = parse_overrides(overrides)
-    sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless started by torchrun
-    settings = peek_hparams(stage_file, overrides)
+    # Keys, types and ranges first: one line and exit code 2 before any work.
+    settings = checked_settings(stage_file, overrides)
     check_settings(settings)
+    sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless started by torchrun
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     per_process = per_process_batch(settings["batch_size"], world_size)
+    run_on_main(check_writable, args=[settings["output_folder"]])
     sb.create_experiment_directory(experiment_directory=settings["output_folder"])
+    run_on_main(remove_leftovers, args=[settings])
 
     prepared = {}
     run_on_main(lambda: prepared.update(prepare_data(settings)))
@@ -225,9 +251,16 @@ def main(argv):
     # The composed hyperparameters, overrides and the number of classes written in: the run
     # folder keeps them, and plain hyperpyyaml loads them.
     composed = compose_hparams_yaml(stage_file, {**overrides, "num_classes": num_classes})
+    hparams = load_hyperpyyaml(composed)
+    # The checkpoints keep the classes they were trained on. Before the run folder's
+    # hyperparams.yaml is replaced: its checkpoints must be this run's (damaged ones are
+    # moved aside here).
+    checkpointer = hparams["checkpointer"]
+    checkpointer.add_recoverable("classes", ClassLabels.of_encoder(encoder), optional_load=True)
+    if hasattr(checkpointer, "find_resumable"):
+        checkpointer.find_resumable()
     if if_main_process():
         write_text_atomic(os.path.join(settings["output_folder"], "hyperparams.yaml"), composed)
-    hparams = load_hyperpyyaml(composed)
     if settings.get("pretrained_model"):
         loaded = initialise_from_model_folder(hparams, settings["pretrained_model"])  # strict
         logger.info("initialised %s from %s", ", ".join(sorted(loaded)), settings["pretrained_model"])
@@ -264,8 +297,31 @@ def main(argv):
         average_into_model_folder(brain, hparams, stage_file, overrides, num_classes, encoder_path)
 
 
-if __name__ == "__main__":
+def run(argv):
+    """``main`` with every expected failure as one line on stderr; returns the exit code:
+    2 when the command must change (hyperparameters, an output folder of another run),
+    1 for bad input and operating-system errors."""
+    logging.raiseExceptions = False  # a log file on a full disk: no traceback per record
     try:
-        main(sys.argv[1:])
-    except (ValueError, FileNotFoundError) as error:  # bad input: one line, no traceback
-        sys.exit(f"error: {error}")
+        main(argv)
+        return 0
+    except HparamsError as error:
+        return _fail(error, 2)
+    except CheckpointMismatchError as error:
+        return _fail(
+            f"{error}; start a new run with another --output_folder, or resume this one with the "
+            "data and settings it was trained with", 2,
+        )
+    except (ValueError, FileNotFoundError, CheckpointWriteError) as error:  # bad input
+        return _fail(error, 1)
+    except OSError as error:  # a read-only or full disk
+        return _fail(os_error_line(error), 1)
+
+
+def _fail(message, code):
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))

@@ -9,17 +9,32 @@ epoch ends with a validation stage: embeddings of the held-out speakers' utteran
 checkpoint. The training log reports, besides the loss, the classification error of the
 raw cosines (argmax of the cosines against the label: unaffected by the margin) and the
 mean cosine with the own class and with the other classes.
+
+Resuming continues the uninterrupted run: the checkpoints also hold the random generators
+of every process (``RandomStates``) and, for mid-epoch checkpoints
+(``ckpt_interval_minutes`` / ``ckpt_interval_steps``), the epoch's running training
+statistics; the training loader draws its workers' seeds from its own generator,
+seeded from (seed, epoch, process), so that nothing draws from the restored global
+generators before the first batch. After recovery the train log keeps the lines of the
+epochs the checkpoint has done (a kill between checkpoint and log line is repaired from
+the checkpoint's meta, which holds the line's values).
 """
 
 import logging
+import os
 
 import numpy as np
 import speechbrain as sb
 import torch
+from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
+from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
+from speechbrain.utils.distributed import if_main_process
 
 from sb_sphereface2.data.throughput import ThroughputMeter, show_on_progress_bar
+from sb_sphereface2.files import write_text_atomic
 from sb_sphereface2.scoring.metrics import compute_eer, compute_min_dcf
 from sb_sphereface2.scoring.trial_scores import score_trials
+from sb_sphereface2.training.run_state import RandomStates, load_process_state, save_process_state
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +114,8 @@ class SpeakerBrain(sb.core.Brain):
 
     dev_trials = None
     iterations_per_epoch = None
+    loader_generator = None  # seeds the training loader's workers; reseeded every epoch
+    resumed_totals = None  # this epoch's statistics so far, from a mid-epoch checkpoint
     progress_every = 20  # batches between throughput updates of the progress bar
 
     def fit(self, epoch_counter, train_set, valid_set=None, *args, **kwargs):
@@ -108,6 +125,10 @@ class SpeakerBrain(sb.core.Brain):
         return super().fit(epoch_counter, train_set, valid_set, *args, **kwargs)
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        if stage == sb.Stage.TRAIN and loader_kwargs.get("generator") is None:
+            # Without a generator of its own, each new loader iterator draws a seed from
+            # torch's global generator, which a resumed run has just restored.
+            self.loader_generator = loader_kwargs["generator"] = torch.Generator()
         loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
             self.iterations_per_epoch = len(loader)
@@ -129,7 +150,23 @@ class SpeakerBrain(sb.core.Brain):
             self._wrap_for_ddp()
         self.init_optimizers()
         if self.checkpointer is not None:
+            self._add_resume_state()
             self.checkpointer.recover_if_possible()
+            if self.optimizer_step > 0:  # the values in force at the last iteration done
+                self._set_schedules(self.optimizer_step - 1)
+            self._resume_train_log()
+
+    def _add_resume_state(self):
+        """What a checkpoint holds besides the modules, the optimizer and the counters, so
+        that a resumed run continues the uninterrupted one."""
+        self.checkpointer.add_recoverable("random_states", RandomStates(), optional_load=True)
+        self.checkpointer.add_recoverable(
+            "train_statistics", self, custom_save_hook=_save_statistics,
+            custom_load_hook=_load_statistics, optional_load=True,
+        )
+        scheduler = self.hparams.lr_scheduler
+        if get_default_hook(scheduler, DEFAULT_SAVE_HOOKS) is not None:  # a schedule with state (cyclic)
+            self.checkpointer.add_recoverable("lr_scheduler", scheduler, optional_load=True)
 
     def _wrap_for_ddp(self):
         from torch.nn.parallel import DistributedDataParallel
@@ -161,7 +198,10 @@ class SpeakerBrain(sb.core.Brain):
 
     def on_fit_batch_start(self, batch, should_step):
         self.throughput.batch_start(batch)
-        iteration = self.optimizer_step  # optimizer steps done so far: this iteration's index
+        self._set_schedules(self.optimizer_step)  # optimizer steps done so far: this iteration's index
+
+    def _set_schedules(self, iteration):
+        """The margin and the learning rate of iteration ``iteration`` (from 0)."""
         self.hparams.margin_scheduler.step(self.hparams.compute_cost, iteration, self.iterations_per_epoch)
         scheduler = self.hparams.lr_scheduler
         if not hasattr(scheduler, "on_batch_end"):  # SpeechBrain's cyclic schedule steps after
@@ -223,8 +263,11 @@ class SpeakerBrain(sb.core.Brain):
 
     def on_stage_start(self, stage, epoch=None):
         if stage == sb.Stage.TRAIN:
-            self.train_totals = torch.zeros(4, dtype=torch.float64)
-            self.throughput = ThroughputMeter()
+            resumed, self.resumed_totals = self.resumed_totals, None
+            self.train_totals = resumed if resumed is not None else torch.zeros(4, dtype=torch.float64)
+            self.throughput = ThroughputMeter()  # after a mid-epoch resume: the rest of the epoch
+            if self.loader_generator is not None:
+                self.loader_generator.manual_seed(self._loader_seed(epoch))
         else:
             self.valid_ids, self.valid_embeddings = [], []
 
@@ -253,15 +296,56 @@ class SpeakerBrain(sb.core.Brain):
                 self.epoch_meta["loader_utt_per_s_per_core"] = round(speed["loader_utt_per_s_per_core"], 1)
             return
         valid = self.validation_metrics()
+        line = {"stats_meta": self.epoch_meta, "train_stats": self.train_stats, "valid_stats": valid or None}
         self.checkpointer.save_and_keep_only(
-            meta={"epoch": epoch, **valid},
+            # the log line's values in order (meta files sort the keys of mappings)
+            meta={"epoch": epoch, **_plain(valid), "train_log": _plain({k: list(v.items()) if v else v
+                                                                       for k, v in line.items()})},
             num_to_keep=self.hparams.average_last,
             ckpt_predicate=lambda c: "epoch" in c.meta,
         )
+        # The epoch's checkpoint replaces its mid-epoch ones.
+        self.checkpointer.delete_checkpoints(num_to_keep=0, ckpt_predicate=lambda c: INTRA_EPOCH_CKPT_FLAG in c.meta)
         # Logged after the checkpoint: an epoch in the log is an epoch a rerun resumes after.
-        self.hparams.train_logger.log_stats(
-            stats_meta=self.epoch_meta, train_stats=self.train_stats, valid_stats=valid or None
-        )
+        self._log_stats(line)
+
+    def _log_stats(self, line):
+        train_logger = self.hparams.train_logger
+        try:
+            train_logger.log_stats(**line)
+        except OSError as error:  # a write error names no file
+            raise OSError(error.errno, error.strerror, getattr(train_logger, "save_file", None)) from None
+
+    def _loader_seed(self, epoch):
+        seed = int(getattr(self.hparams, "seed", 0))
+        rank = torch.distributed.get_rank() if self.distributed_launch else 0
+        return ((seed * 1_000_003 + int(epoch or 0)) * 1_009 + rank) % 2**63
+
+    def _resume_train_log(self):
+        """Keep the train log's lines of the epochs that the recovered checkpoint has done
+        (a resumed run logs the others again); restore the line of its last epoch from
+        the checkpoint's meta when a kill came between the checkpoint and the line."""
+        train_logger = getattr(self.hparams, "train_logger", None)
+        path = getattr(train_logger, "save_file", None)
+        counter = getattr(self.hparams, "epoch_counter", None)
+        if path is None or counter is None or not if_main_process():
+            return
+        done = counter.current
+        lines = open(path, encoding="utf-8").read().splitlines(keepends=True) if os.path.isfile(path) else []
+        kept = [
+            line for line in lines  # a line cut by a kill has no newline
+            if line.endswith("\n") and (_logged_epoch(line) is None or _logged_epoch(line) <= done)
+        ]
+        if kept != lines:
+            write_text_atomic(path, "".join(kept))
+        if done and done not in {_logged_epoch(line) for line in kept}:
+            saved = self.checkpointer.find_checkpoints(
+                ckpt_predicate=lambda c: c.meta.get("epoch") == done and "train_log" in c.meta,
+                max_num_checkpoints=1,
+            )
+            if saved:
+                line = {k: dict(v) if v else v for k, v in saved[0].meta["train_log"].items()}
+                self._log_stats({**line, "verbose": False})
 
     def _reduced(self, totals):
         """Sum statistics over DDP processes (each saw its own part of the epoch)."""
@@ -283,3 +367,40 @@ class SpeakerBrain(sb.core.Brain):
             "EER": 100.0 * compute_eer(scores, labels)[0],
             "minDCF": compute_min_dcf(scores, labels, p_target=0.01)[0],
         }
+
+
+def _save_statistics(brain, path):
+    """Checkpointer hook (every process): the epoch's training statistics so far."""
+    totals = getattr(brain, "train_totals", None)
+    save_process_state(totals if totals is not None else torch.zeros(4, dtype=torch.float64), path)
+
+
+def _load_statistics(brain, path, end_of_epoch):
+    """Checkpointer hook: a mid-epoch checkpoint's statistics continue the epoch."""
+    brain.resumed_totals = None if end_of_epoch else load_process_state(path)
+
+
+def _logged_epoch(line):
+    """The epoch of a train-log line (``epoch: 3, ...``), or None."""
+    head = line.split(",", 1)[0]
+    if not head.startswith("epoch:"):
+        return None
+    try:
+        return int(head.split(":", 1)[1])
+    except ValueError:
+        return None
+
+
+def _plain(value):
+    """Numbers, strings, lists and dicts as plain Python values (for yaml meta files)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)

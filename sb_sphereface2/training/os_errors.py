@@ -1,0 +1,68 @@
+"""Operating-system errors of a training run as one line naming the path and the cause.
+
+- ``check_writable(folder)``: before any work, the output folder is created and a probe
+  file is written, fsync'ed and removed in it; a read-only, full or forbidden folder is an
+  ``OSError`` ("cannot write the output folder <folder>: <cause>").
+- ``os_error_line(error)``: ``"<path>: <cause> [Errno n]"``, with a temporary file's name
+  (``.train.csv.tmp123``, written by :mod:`sb_sphereface2.files`) mapped back to the
+  file it was to become.
+"""
+
+import os
+
+from sb_sphereface2.files import _TEMPORARY
+
+
+def check_writable(folder):
+    """Create ``folder`` if needed and check that a file can be written in it.
+
+    Raises
+    ------
+    OSError
+        "cannot write the output folder <folder>: <cause>" (``os_error_line`` formats it).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> check_writable(os.path.join(tempfile.mkdtemp(), "run", "save"))
+    >>> try:
+    ...     check_writable("/proc/version/run")
+    ... except OSError as error:
+    ...     print(os_error_line(error))
+    cannot write the output folder /proc/version/run: Not a directory [Errno 20]
+    """
+    probe = os.path.join(folder, f".write_check.tmp{os.getpid()}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(probe, "wb") as handle:
+            handle.write(b"0")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise OSError(error.errno, f"cannot write the output folder {folder}: {error.strerror}") from None
+    finally:
+        if os.path.lexists(probe):
+            os.remove(probe)
+
+
+def os_error_line(error):
+    """One line for an ``OSError``: the path (a temporary file's final name) and the cause.
+
+    Example
+    -------
+    >>> import errno
+    >>> os_error_line(OSError(errno.ENOSPC, "No space left on device", "/run/data/.train.csv.tmp42"))
+    '/run/data/train.csv: No space left on device [Errno 28]'
+    >>> os_error_line(OSError(errno.EIO, "Input/output error"))
+    'Input/output error [Errno 5]'
+    """
+    cause = f"{error.strerror} [Errno {error.errno}]" if error.strerror else " ".join(str(error).split())
+    path = error.filename
+    if path is None:
+        return cause
+    folder, name = os.path.split(os.fspath(path))
+    match = _TEMPORARY.match(name)
+    if match:
+        path = os.path.join(folder, match.group("name"))
+    second = f" -> {error.filename2}" if getattr(error, "filename2", None) else ""
+    return f"{path}{second}: {cause}"

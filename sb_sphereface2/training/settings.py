@@ -1,0 +1,234 @@
+"""Checks of the training recipe's hyperparameters before any work is done.
+
+``checked_settings(stage_file, overrides)`` composes the stage file with the overrides and
+checks, in this order:
+
+- keys: an override of a key that the hyperparameters do not have is an
+  ``UnknownKeyError`` naming the nearest known keys (:mod:`sb_sphereface2.hparams`);
+- types: an override must have the kind of value of the key's default (a number for a
+  number, ``True``/``False`` for a flag, a list for a list), so ``--number_of_epochs=abc``
+  names ``number_of_epochs`` instead of failing later inside ``int()``;
+- ranges and choices: ``RANGES`` and ``CHOICES`` below (epochs >= 1, learning rates > 0,
+  ``data_source`` csv or shards...), and the loss:
+  ``scale > 0``, ``0 < lambda_ < 1``, ``t >= 1`` (``g`` is the identity at 1; the loss
+  refuses less) and every margin key (``margin``, ``initial_margin``, ``lmf_margin``) in
+  the range of the loss's margin type: ``>= 0`` for C, ``[0, pi)`` for A, ``>= 1`` for M
+  (a multiplier: 1 is no margin), ``[0, 1.5)`` for AAM.
+
+Each failure is a ``SettingsError`` (a ``ValueError``) of one line naming the key and the
+value; recipes print it and exit with code 2, before data preparation.
+"""
+
+import math
+from dataclasses import dataclass
+
+from sb_sphereface2.data.segments import SEGMENTATION_MODES
+from sb_sphereface2.hparams import BLOCK_KEYS, HparamsError, peek_hparams, peek_object
+
+
+class SettingsError(HparamsError):
+    """A hyperparameter has a value of the wrong type or outside its range."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric hyperparameter may take.
+
+    Example
+    -------
+    >>> Range(integer=True, low=1).check("number_of_epochs", 0)
+    Traceback (most recent call last):
+    ...
+    sb_sphereface2.training.settings.SettingsError: number_of_epochs must be an integer >= 1, got 0
+    """
+
+    integer: bool = False
+    low: float = None
+    low_open: bool = False  # low itself excluded
+    high: float = None
+    high_open: bool = True
+
+    def describe(self):
+        bounds = []
+        if self.low is not None:
+            bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            bounds.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return ("an integer" if self.integer else "a number") + (" " + " and ".join(bounds) if bounds else "")
+
+    def check(self, key, value):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = number and math.isfinite(value) and (not self.integer or isinstance(value, int))
+        if ok and self.low is not None:
+            ok = value > self.low if self.low_open else value >= self.low
+        if ok and self.high is not None:
+            ok = value < self.high if self.high_open else value <= self.high
+        if not ok:
+            raise SettingsError(f"{key} must be {self.describe()}, got {value!r}")
+
+
+POSITIVE = Range(low=0, low_open=True)
+RANGES = {
+    "number_of_epochs": Range(integer=True, low=1),
+    "batch_size": Range(integer=True, low=1),
+    "average_last": Range(integer=True, low=1),
+    "seed": Range(integer=True),
+    "num_workers": Range(integer=True, low=0),
+    "dev_speakers": Range(integer=True, low=0),
+    "dev_trials": Range(integer=True, low=0),
+    "sample_rate": Range(integer=True, low=1),
+    "n_mels": Range(integer=True, low=1),
+    "emb_dim": Range(integer=True, low=1),
+    "crop_seconds": POSITIVE,
+    "lr": POSITIVE,
+    "final_lr": POSITIVE,
+    "warmup_epochs": Range(low=0),
+    "margin_start_epoch": Range(low=0),
+    "margin_fix_epoch": Range(low=0),
+    "ckpt_interval_minutes": Range(low=0),
+    "augment_prob": Range(low=0, high=1, high_open=False),
+    "test_speakers": Range(integer=True, low=0),
+    "test_trials": Range(integer=True, low=0),
+    "segment_seconds": POSITIVE,
+    "min_audio_seconds": Range(low=0),
+    "prep_workers": Range(integer=True, low=1),
+    "utterances_per_shard": Range(integer=True, low=1),
+    "shuffle_buffer": Range(integer=True, low=0),
+}
+CHOICES = {
+    "data_source": ("csv", "shards"),
+    "segmentation": SEGMENTATION_MODES,
+}
+MARGIN_KEYS = ("margin", "initial_margin", "lmf_margin")
+MARGIN_RANGES = {
+    "C": Range(low=0),
+    "A": Range(low=0, high=math.pi),
+    "M": Range(low=1),
+    "AAM": Range(low=0, high=1.5),  # as AAMLoss's margin setter
+}
+LOSS_RANGES = {
+    "scale": POSITIVE,
+    "lambda_": Range(low=0, low_open=True, high=1),
+    "t": Range(low=1),
+}
+
+
+def checked_settings(stage_file, overrides):
+    """The composed hyperparameters (plain values, nothing built) after every check.
+
+    Arguments
+    ---------
+    stage_file : str
+        The recipe's stage file.
+    overrides : dict
+        Command-line overrides.
+
+    Returns
+    -------
+    dict
+        ``peek_hparams(stage_file, overrides)``.
+
+    Example
+    -------
+    >>> checked_settings("hparams/train.yaml", {"data_folder": "/data"})["number_of_epochs"]
+    150
+    >>> checked_settings("hparams/train.yaml", {"number_of_epochs": "abc"})
+    Traceback (most recent call last):
+    ...
+    sb_sphereface2.training.settings.SettingsError: number_of_epochs must be an integer >= 1, got 'abc'
+    >>> checked_settings("hparams/train.yaml", {"loss": "sphereface2_m", "margin": 0.5})
+    Traceback (most recent call last):
+    ...
+    sb_sphereface2...SettingsError: margin must be a number >= 1 for the type M margin of the loss, got 0.5
+    """
+    settings = peek_hparams(stage_file, overrides)  # unknown keys: UnknownKeyError
+    blocks = {key: overrides[key] for key in BLOCK_KEYS if key in overrides}
+    check_types(overrides, peek_hparams(stage_file, blocks))
+    check_ranges(settings)
+    check_loss(settings, *peek_object(stage_file, "compute_cost", overrides))
+    return settings
+
+
+def check_types(overrides, defaults, where=""):
+    """Each override has the kind of value of its default (None defaults take anything).
+
+    Example
+    -------
+    >>> check_types({"lr": 1, "augment": "no"}, {"lr": 0.1, "augment": True})
+    Traceback (most recent call last):
+    ...
+    sb_sphereface2.training.settings.SettingsError: augment must be True or False, got 'no'
+    """
+    for key, value in overrides.items():
+        if key in BLOCK_KEYS or key not in defaults:
+            continue
+        default, name = defaults[key], f"{where}{key}"
+        if isinstance(default, dict) and isinstance(value, dict):
+            check_types(value, default, where=f"{name}.")
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise SettingsError(f"{name} must be True or False, got {value!r}")
+        elif isinstance(default, (int, float)):
+            RANGES.get(key, Range(integer=isinstance(default, int))).check(name, value)
+        elif isinstance(default, list) and not isinstance(value, list):
+            raise SettingsError(f"{name} must be a list such as [a, b], got {value!r}")
+        elif isinstance(default, str) and isinstance(value, (list, dict)):
+            raise SettingsError(f"{name} must be a single value, got {value!r}")
+
+
+def check_ranges(settings):
+    """Every key of ``RANGES`` that the settings have lies in its range, and the epoch
+    settings agree with each other.
+
+    Example
+    -------
+    >>> check_ranges({"lr": 0.1, "margin_start_epoch": 40, "margin_fix_epoch": 20})
+    Traceback (most recent call last):
+    ...
+    sb_sphereface2.training.settings.SettingsError: margin_fix_epoch must be >= margin_start_epoch (40), got 20
+    """
+    for key, allowed in RANGES.items():
+        if settings.get(key) is not None:  # None: the key's automatic choice
+            allowed.check(key, settings[key])
+    for key, choices in CHOICES.items():
+        if key in settings and settings[key] not in choices:
+            raise SettingsError(f"{key} must be one of {', '.join(choices)}, got {settings[key]!r}")
+    pairs = (("margin_start_epoch", "margin_fix_epoch"), ("warmup_epochs", "number_of_epochs"))
+    for first, second in pairs:
+        if first in settings and second in settings and settings[second] < settings[first]:
+            raise SettingsError(f"{second} must be >= {first} ({settings[first]}), got {settings[second]}")
+
+
+def check_loss(settings, tag, args):
+    """The loss's arguments (``tag``, ``args``: ``peek_object(..., "compute_cost")``) and
+    the margin keys of the settings, in the range of the loss's margin type.
+
+    Example
+    -------
+    >>> check_loss({"margin": -0.5}, "!new:sb_sphereface2.SphereFace2Loss", {"margin_type": "C"})
+    Traceback (most recent call last):
+    ...
+    sb_sphereface2...SettingsError: margin must be a number >= 0 for the type C margin of the loss, got -0.5
+    >>> check_loss({}, "!new:sb_sphereface2.SphereFace2Loss", {"lambda_": 1.0})
+    Traceback (most recent call last):
+    ...
+    sb_sphereface2.training.settings.SettingsError: compute_cost.lambda_ must be a number > 0 and < 1, got 1.0
+    """
+    if not tag:
+        return
+    for key, allowed in LOSS_RANGES.items():
+        if key in args:
+            allowed.check(f"compute_cost.{key}", args[key])
+    kind = "AAM" if "AAM" in tag else args.get("margin_type", "C")
+    allowed = MARGIN_RANGES.get(kind)
+    if allowed is None:
+        raise SettingsError(f"compute_cost.margin_type must be one of C, A, M, got {kind!r}")
+    label = "the AAM margin" if kind == "AAM" else f"the type {kind} margin of the loss"
+    for key in MARGIN_KEYS:
+        if key in settings:
+            try:
+                allowed.check(key, settings[key])
+            except SettingsError:
+                raise SettingsError(
+                    f"{key} must be {allowed.describe()} for {label}, got {settings[key]!r}"
+                ) from None
