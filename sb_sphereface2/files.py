@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)(?P<pid>\d+)$")
+TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)(?P<pid>\d+)$")
 
 
 def temporary_path(path, kind="tmp"):
@@ -40,7 +40,7 @@ def temporary_path(path, kind="tmp"):
     return os.path.join(folder, f".{name}.{kind}{os.getpid()}")
 
 
-def _fsync_folder(folder):
+def fsync_folder(folder):
     try:
         descriptor = os.open(folder, os.O_RDONLY)
     except OSError:  # not supported on every platform / file system
@@ -96,7 +96,7 @@ def atomic_write(path, mode="w", encoding="utf-8", newline=""):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        _fsync_folder(os.path.dirname(path))
+        fsync_folder(os.path.dirname(path))
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -196,7 +196,7 @@ def atomic_folder(path):
         if os.path.lexists(path):
             os.replace(path, old)
         os.replace(tmp, path)
-        _fsync_folder(parent)
+        fsync_folder(parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
@@ -228,7 +228,7 @@ def remove_stale_temporaries(folder):
     if not os.path.isdir(folder):
         return removed
     for name in sorted(os.listdir(folder)):
-        match = _TEMPORARY.match(name)
+        match = TEMPORARY_NAME.match(name)
         if not match or _pid_alive(int(match.group("pid"))):
             continue
         target = os.path.join(folder, name)

@@ -54,7 +54,7 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.distributed import ddp_barrier, if_main_process, main_process_only
 
-from sb_sphereface2.files import _fsync_folder, temporary_path
+from sb_sphereface2.files import fsync_folder, temporary_path
 from sb_sphereface2.training.run_state import save_torch_state
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def _fsync_tree(folder):
         for name in names:
             with open(os.path.join(root, name), "rb") as handle:
                 os.fsync(handle.fileno())
-    _fsync_folder(folder)
+    fsync_folder(folder)
 
 
 class SafeCheckpointer(Checkpointer):
@@ -156,7 +156,7 @@ class SafeCheckpointer(Checkpointer):
             if if_main_process():
                 _fsync_tree(staging / final.name)
                 os.replace(staging / final.name, final)
-                _fsync_folder(folder)
+                fsync_folder(folder)
         except Exception as error:
             raise CheckpointWriteError(
                 f"cannot save a checkpoint in {folder}: {_cause(error)} (the earlier checkpoints are kept)"

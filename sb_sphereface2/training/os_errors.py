@@ -10,7 +10,7 @@
 
 import os
 
-from sb_sphereface2.files import _TEMPORARY
+from sb_sphereface2.files import TEMPORARY_NAME
 
 
 def check_writable(folder):
@@ -61,7 +61,7 @@ def os_error_line(error):
     if path is None:
         return cause
     folder, name = os.path.split(os.fspath(path))
-    match = _TEMPORARY.match(name)
+    match = TEMPORARY_NAME.match(name)
     if match:
         path = os.path.join(folder, match.group("name"))
     second = f" -> {error.filename2}" if getattr(error, "filename2", None) else ""
