@@ -78,7 +78,7 @@ def prepare_data(settings):
         min_seconds=settings["min_audio_seconds"],
         drop_bad_audio=settings["drop_bad_audio"],
         num_workers=settings["prep_workers"],
-        seed=settings["seed"],
+        seed=settings["split_seed"],
     )
     if settings["augment"]:
         prepare_musan(settings["musan_folder"], folder, sample_rate=settings["sample_rate"])

@@ -1,0 +1,125 @@
+"""Evaluation lists of the held-out test speakers of a prepared folder, for measuring
+learning: every trial, and the "hard" ones (same-sex non-targets only).
+
+Data preparation (``test_speakers``) writes ``trials/heldout.txt``: balanced targets and
+non-targets. For minDCF at p = 0.01 a list needs many more non-targets than targets, so
+:func:`all_heldout_trials` keeps every target of ``heldout.txt`` (every pair of segments
+from the two halves of a recording when ``test_trials`` allows them all) and adds every
+pair of held-out items of different speakers. :func:`same_sex_trials` keeps the targets
+and the non-targets between speakers of the same sex (LibriSpeech's ``SPEAKERS.TXT``
+gives the sex), which cannot be told apart by pitch range alone.
+"""
+
+import csv
+import os
+
+import numpy as np
+
+from sb_sphereface2.data.trials import TrialList, read_trials, speaker_of
+
+
+def read_speaker_sexes(path):
+    """``{speaker: "F" | "M"}`` from a LibriSpeech ``SPEAKERS.TXT`` (``ID | SEX | ...``).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> f = tempfile.NamedTemporaryFile("w", suffix=".TXT", delete=False)
+    >>> _ = f.write(";ID  |SEX| SUBSET\\n19   | F | train-clean-100 | 25.19 | Kara\\n26 | M | x | 1 | y\\n")
+    >>> f.close()
+    >>> read_speaker_sexes(f.name)
+    {'19': 'F', '26': 'M'}
+    """
+    sexes = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            fields = [field.strip() for field in line.split("|")]
+            if line.startswith(";") or len(fields) < 2 or fields[1] not in ("F", "M"):
+                continue
+            sexes[fields[0]] = fields[1]
+    if not sexes:
+        raise ValueError(f"{path}: no 'ID | F/M | ...' lines")
+    return sexes
+
+
+def all_heldout_trials(data_prep_folder):
+    """Every target of ``trials/heldout.txt`` and every non-target pair of ``test.csv``'s
+    held-out items (items named by other trial lists are left out).
+
+    Returns
+    -------
+    TrialList
+        Named "heldout_all"; targets first.
+    """
+    heldout = read_trials(os.path.join(data_prep_folder, "trials", "heldout.txt"))
+    speakers = set(heldout.speakers())
+    with open(os.path.join(data_prep_folder, "test.csv"), encoding="utf-8", newline="") as handle:
+        ids = sorted(row["ID"] for row in csv.DictReader(handle) if speaker_of(row["ID"]) in speakers)
+    owner = np.array([speaker_of(u) for u in ids])
+    first, second = np.triu_indices(len(ids), k=1)
+    different = owner[first] != owner[second]
+    first, second = first[different], second[different]
+    targets = [(e, t) for e, t, label in zip(heldout.enrol, heldout.test, heldout.labels) if label]
+    enrol = [e for e, _ in targets] + [ids[i] for i in first]
+    test = [t for _, t in targets] + [ids[i] for i in second]
+    labels = np.concatenate([np.ones(len(targets), np.int8), np.zeros(len(first), np.int8)])
+    return TrialList("heldout_all", labels, enrol, test)
+
+
+def same_sex_trials(trials, sexes, name="heldout_hard"):
+    """The targets and the non-targets between two speakers of the same sex.
+
+    Example
+    -------
+    >>> t = TrialList("t", np.array([1, 0, 0], np.int8), ["a/1", "a/1", "a/1"], ["a/2", "b/1", "c/1"])
+    >>> hard = same_sex_trials(t, {"a": "F", "b": "M", "c": "F"})
+    >>> hard.labels.tolist(), hard.test
+    ([1, 0], ['a/2', 'c/1'])
+    """
+    missing = sorted({s for s in trials.speakers() if s not in sexes})
+    if missing:
+        raise ValueError(f"no sex known for speaker {missing[0]!r} ({len(missing)} speakers)")
+    keep = [label == 1 or sexes[speaker_of(e)] == sexes[speaker_of(t)]
+            for e, t, label in zip(trials.enrol, trials.test, trials.labels)]
+    keep = np.asarray(keep, dtype=bool)
+    return TrialList(name, trials.labels[keep], [u for u, k in zip(trials.enrol, keep) if k],
+                     [u for u, k in zip(trials.test, keep) if k])
+
+
+def embed_csv(model_folder, csv_path):
+    """``(ids, embeddings)`` of every row of a prepared CSV, embedded one at a time by the
+    model folder's modules (as score.py and SpeechBrain's ``encode_batch`` do)."""
+    from sb_sphereface2.data.dataio import utterance_dataset
+    from sb_sphereface2.pretrained.folder import load_model_folder
+    from sb_sphereface2.scoring.embed import embed_dataset
+
+    hparams = load_model_folder(str(model_folder))
+    return embed_dataset(utterance_dataset(str(csv_path)), hparams["compute_features"], hparams["mean_var_norm"],
+                         hparams["embedding_model"], progress=False)
+
+
+def evaluate_model_folder(model_folder, data_prep_folder, trial_lists):
+    """EER and minDCF of a model folder on trial lists of held-out items, scored as the
+    recipe scores (cosine after subtracting the mean training embedding).
+
+    Arguments
+    ---------
+    model_folder : str
+        A recipe model folder (or an exported one).
+    data_prep_folder : str
+        Its prepared data (test.csv with the trials' items, train.csv for the mean).
+    trial_lists : list of TrialList
+        E.g. ``[all_heldout_trials(prep), same_sex_trials(...)]``.
+
+    Returns
+    -------
+    dict
+        ``{list name: metrics of sb_sphereface2.scoring.trial_scores.evaluate}``.
+    """
+    from sb_sphereface2.scoring.trial_scores import evaluate, score_trials
+
+    ids, embeddings = embed_csv(model_folder, os.path.join(data_prep_folder, "test.csv"))
+    _, training = embed_csv(model_folder, os.path.join(data_prep_folder, "train.csv"))
+    mean = training.mean(0)
+    return {trials.name: evaluate(score_trials(ids, embeddings, trials, mean=mean), trials.labels)
+            for trials in trial_lists}
