@@ -57,14 +57,19 @@ def run(script, *args):
 
 
 def train(folder, loss, train_csv, seed, args):
-    """Train one loss on one training list with one seed (train.py, the preset's overrides)."""
-    overrides = small_data_preset(measure_corpus(args.data_folder), loss, trial_list=bool(args.trials)).arguments()
-    overrides += [f"--data_folder={args.data_folder}", f"--trial_lists=[{args.trials or ''}]",
-                  f"--data_prep_folder={args.output_folder}/data", f"--output_folder={folder}",
-                  f"--loss={loss}", f"--seed={seed}", *shlex.split(args.train_args)]
+    """Train one loss on one training list with one seed (train.py): the preset's
+    overrides, then this run's, then ``--train_args`` (a later value of a key wins)."""
+    overrides = dict(small_data_preset(measure_corpus(args.data_folder), loss, trial_list=bool(args.trials)).overrides)
+    overrides.update(data_folder=args.data_folder, trial_lists=f"[{args.trials or ''}]",
+                     data_prep_folder=f"{args.output_folder}/data", output_folder=folder, loss=loss, seed=seed)
     if train_csv is not None:
-        overrides.append(f"--train_csv={train_csv}")
-    run("recipes/VoxCeleb/train.py", "hparams/train.yaml", *overrides)
+        overrides["train_csv"] = train_csv
+    for argument in shlex.split(args.train_args):
+        key, equals, value = argument.removeprefix("--").partition("=")
+        if not equals:
+            raise ValueError(f"--train_args: expected --key=value, got {argument!r}")
+        overrides[key] = value
+    run("recipes/VoxCeleb/train.py", "hparams/train.yaml", *(f"--{k}={v}" for k, v in overrides.items()))
 
 
 def evaluation_trials(args):

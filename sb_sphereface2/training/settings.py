@@ -73,6 +73,7 @@ RANGES = {
     "batch_size": Range(integer=True, low=1),
     "average_last": Range(integer=True, low=1),
     "seed": Range(integer=True),
+    "split_seed": Range(integer=True),
     "num_workers": Range(integer=True, low=0),
     "dev_speakers": Range(integer=True, low=0),
     "dev_trials": Range(integer=True, low=0),
