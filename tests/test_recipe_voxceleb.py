@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,10 +120,19 @@ def test_finetune_and_score(stage1, librispeech_voxceleb_tree, tmp_path):
     results = json.loads((scores / "results.json").read_text())["results"]
     names = {p.stem for p in tree.trial_lists}
     assert set(results) == {f"{n} ({kind})" for n in names for kind in ("cosine", "asnorm")}
-    for metrics in results.values():
-        assert 0 <= metrics["eer_percent"] <= 100 and metrics["targets"] > 0
-    for name in names:
-        assert (scores / "cosine" / "scores" / f"{name}.txt").is_file()
+    from sb_sphereface2.data.trials import read_trials
+    from sb_sphereface2.scoring.metrics import compute_eer
+
+    for trial_list in tree.trial_lists:
+        expected = read_trials(trial_list)
+        for kind in ("cosine", "asnorm"):
+            # one score line per trial, in the list's order; the reported EER is theirs
+            lines = [line.split() for line in (scores / kind / "scores" / f"{trial_list.stem}.txt").read_text().splitlines()]
+            assert [(int(a), b, c) for a, b, c, _ in lines] == list(zip(expected.labels.tolist(), expected.enrol, expected.test))
+            metrics = results[f"{trial_list.stem} ({kind})"]
+            assert (metrics["trials"], metrics["targets"]) == (len(expected), int(expected.labels.sum()))
+            eer, _ = compute_eer(np.array([float(x[3]) for x in lines]), expected.labels)
+            assert metrics["eer_percent"] == pytest.approx(100 * eer, abs=0.05)  # scores written to 6 digits
     assert (scores / "asnorm" / "det.png").stat().st_size > 1000
 
 
