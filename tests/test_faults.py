@@ -473,9 +473,6 @@ def test_train_resumed_run_has_the_uninterrupted_schedules_at_every_step(model, 
 # --- data preparation: damaged audio, bad folders -----------------------------------------
 
 import contextlib  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
