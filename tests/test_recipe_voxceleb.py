@@ -2,6 +2,7 @@
 prepare -> train -> large-margin fine-tune -> score, with a tiny model; resume after a kill;
 one-line errors for bad input. (LibriSpeech, CC BY 4.0.)"""
 
+import csv
 import json
 import signal
 import subprocess
@@ -221,12 +222,13 @@ def test_noisy_label_experiment_runs_end_to_end(librispeech_voxceleb_tree, tmp_p
     trials = read_trials(tree.trial_lists[0])
     for row in results["runs"].values():
         assert (row["trials"], row["targets"]) == (len(trials), int(trials.labels.sum()))
-    clean = [line.split(",") for line in (out / "data" / "train.csv").read_text().splitlines()[1:]]
-    noisy = [line.split(",") for line in (out / "noise0.5_7.csv").read_text().splitlines()[1:]]
-    assert [r[0] for r in noisy] == [r[0] for r in clean]  # the same utterances, some relabelled
+    clean = list(csv.DictReader(open(out / "data" / "train.csv", newline="")))
+    noisy = list(csv.DictReader(open(out / "noise0.5_7.csv", newline="")))
+    assert [r["ID"] for r in noisy] == [r["ID"] for r in clean]  # the same utterances, some relabelled
     details = results["settings"]["details"]
-    assert sum(a[5] != b[5] for a, b in zip(clean, noisy)) == details["noise0.5/7"]["num_relabelled"] > 0
-    assert details["pseudo/7"]["num_clusters"] == len({r[5] for r in clean})  # the speaker count is given
+    relabelled = sum(a["spk_id"] != b["spk_id"] for a, b in zip(clean, noisy))
+    assert relabelled == details["noise0.5/7"]["num_relabelled"] > 0
+    assert details["pseudo/7"]["num_clusters"] == len({r["spk_id"] for r in clean})  # the speaker count is given
     models = sorted(out.glob("*/7/model/embedding_model.ckpt"))
     assert len(models) == 6
     stamps = [m.stat().st_mtime_ns for m in models]

@@ -44,7 +44,7 @@ def sharded_raw_cosine_statistics(cosines, labels, start, num_classes):
     with this process's classes from ``start``; ``labels`` [B] are this process's."""
     from sb_sphereface2.training.distributed import all_gather_rows, world_and_rank
 
-    world, rank = world_and_rank()
+    _, rank = world_and_rank()
     cos = cosines.detach().reshape(cosines.shape[0], -1).float()
     labels = labels.reshape(-1).long()
     every = all_gather_rows(labels)                     # [N * B], process order
