@@ -284,3 +284,31 @@ def write_manifest(path, inputs, folder, output_names):
     """Write ``{"inputs": inputs, "outputs": {name: sha256}}`` atomically; call it last."""
     outputs = {name: file_sha256(os.path.join(folder, name)) for name in sorted(output_names)}
     write_json_atomic(path, {"inputs": inputs, "outputs": outputs})
+
+
+def plain_value(value, keep=None):
+    """``value`` as plain Python data for a JSON or yaml file: mappings (keys as strings),
+    lists, bool, None, int, float and str (subclasses such as ruamel's scalars become their
+    base type), 0-d tensors and numpy scalars as numbers, anything else as its ``str``.
+    ``keep(v)`` False drops a mapping's entry.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> plain_value({"a": (1, np.float32(0.5)), 2: None, "f": open})["a"]
+    [1, 0.5]
+    >>> plain_value({"a": 1, "b": "!x"}, keep=lambda v: not str(v).startswith("!"))
+    {'a': 1}
+    """
+    if isinstance(value, dict):
+        return {str(k): plain_value(v, keep) for k, v in value.items() if keep is None or keep(v)}
+    if isinstance(value, (list, tuple)):
+        return [plain_value(v, keep) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    for kind in (int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # tensor or numpy scalar
+        return value.item()
+    return str(value)

@@ -36,6 +36,8 @@ import sys
 import ruamel.yaml
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 
+from sb_sphereface2.files import plain_value
+
 BLOCK_KEYS = {"model": "models", "loss": "losses", "features": "features"}
 
 
@@ -48,7 +50,8 @@ class UnknownKeyError(HparamsError):
     """An override names a key that the hyperparameters do not have."""
 
 
-def _yaml():
+def ruamel_yaml():
+    """The round-trip yaml reader and writer of the hparams files (keeps tags and order)."""
     return ruamel.yaml.YAML()
 
 
@@ -68,7 +71,7 @@ def parse_overrides(overrides):
         return {}
     if isinstance(overrides, str):
         try:
-            return dict(_yaml().load(overrides) or {})
+            return dict(ruamel_yaml().load(overrides) or {})
         except ruamel.yaml.YAMLError as error:  # a key given twice, a value that is not yaml
             problem = getattr(error, "problem", None) or " ".join(str(error).split())
             raise HparamsError(f"command-line overrides: {problem}") from None
@@ -94,7 +97,7 @@ def _compose_tree(stage_file, overrides):
         raise FileNotFoundError(f"hparams file not found: {stage_file}")
     with open(stage_file, encoding="utf-8") as handle:
         try:
-            stage = _yaml().load(handle)
+            stage = ruamel_yaml().load(handle)
         except ruamel.yaml.YAMLError as error:
             raise HparamsError(f"{stage_file} is not valid yaml: {' '.join(str(error).split())}") from None
     if not isinstance(stage, dict):
@@ -115,7 +118,7 @@ def _compose_tree(stage_file, overrides):
         name = overrides.get(kind, merged.get(kind))
         path = _block_path(stage_file, kind, name)
         with open(path, encoding="utf-8") as handle:
-            block = _yaml().load(handle) or {}
+            block = ruamel_yaml().load(handle) or {}
         for key, value in block.items():
             if key in own_keys:
                 continue  # the stage file overrides the block
@@ -142,6 +145,10 @@ def _apply_overrides(tree, overrides, where=""):
 
 def _tag(value):
     return getattr(getattr(value, "tag", None), "value", None)
+
+
+def _untagged(value):
+    return not _tag(value)
 
 
 def _flatten_aliases(tree):
@@ -193,7 +200,7 @@ def compose_hparams_yaml(stage_file, overrides=None):
     _apply_overrides(tree, overrides)
     _flatten_aliases(tree)
     out = io.StringIO()
-    _yaml().dump(tree, out)
+    ruamel_yaml().dump(tree, out)
     return out.getvalue()
 
 
@@ -237,7 +244,7 @@ def peek_hparams(stage_file, overrides=None, **extra):
     '/data/vox'
     """
     tree = _resolved_tree(stage_file, overrides, extra)
-    return {key: _to_plain(value) for key, value in tree.items() if not _tag(value)}
+    return plain_value(dict(tree), keep=_untagged)
 
 
 def peek_object(stage_file, key, overrides=None, **extra):
@@ -260,25 +267,12 @@ def peek_object(stage_file, key, overrides=None, **extra):
     tag = _tag(node)
     if tag is None or not isinstance(node, dict):
         return tag, {}
-    return tag, {name: _to_plain(value) for name, value in node.items() if not _tag(value)}
+    return tag, plain_value(dict(node), keep=_untagged)
 
 
 def _resolved_tree(stage_file, overrides, extra):
     text = compose_hparams_yaml(stage_file, {**parse_overrides(overrides), **extra})
-    return _yaml().load(resolve_references(io.StringIO(text)))
-
-
-def _to_plain(value):
-    if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in value.items() if not _tag(v)}
-    if isinstance(value, list):
-        return [_to_plain(v) for v in value]
-    if isinstance(value, bool) or value is None:
-        return value
-    for kind in (int, float, str):
-        if isinstance(value, kind):
-            return kind(value)
-    return value
+    return ruamel_yaml().load(resolve_references(io.StringIO(text)))
 
 
 def main(argv=None):

@@ -53,7 +53,7 @@ from sb_sphereface2.pretrained.initialise import initialise_from_model_folder
 from sb_sphereface2.pretrained.folder import check_model_folder, inference_hparams_yaml, write_model_folder
 from sb_sphereface2.training.brain import SpeakerBrain
 from sb_sphereface2.training.checkpoints import CheckpointMismatchError, CheckpointWriteError
-from sb_sphereface2.training.os_errors import check_writable, os_error_line
+from sb_sphereface2.errors import check_writable, fail, os_error_line
 from sb_sphereface2.training.run_state import ClassLabels
 from sb_sphereface2.training.settings import checked_settings
 
@@ -306,21 +306,16 @@ def run(argv):
         main(argv)
         return 0
     except HparamsError as error:
-        return _fail(error, 2)
+        return fail(error, 2)
     except CheckpointMismatchError as error:
-        return _fail(
+        return fail(
             f"{error}; start a new run with another --output_folder, or resume this one with the "
             "data and settings it was trained with", 2,
         )
     except (ValueError, FileNotFoundError, CheckpointWriteError) as error:  # bad input
-        return _fail(error, 1)
+        return fail(error, 1)
     except OSError as error:  # a read-only or full disk
-        return _fail(os_error_line(error), 1)
-
-
-def _fail(message, code):
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    return code
+        return fail(os_error_line(error), 1)
 
 
 if __name__ == "__main__":

@@ -6,17 +6,14 @@ import io
 import json
 import os
 
-import ruamel.yaml
 from hyperpyyaml import resolve_references
 
-from sb_sphereface2.pretrained.checkpoint import one_line
+from sb_sphereface2.errors import one_line
+from sb_sphereface2.files import plain_value
+from sb_sphereface2.hparams import ruamel_yaml
 from sb_sphereface2.pretrained.folder import HPARAMS_FILE, TRAINING_HPARAMS_FILE
 
 __all__ = ["training_hparams_text", "training_config", "results_table", "model_card"]
-
-
-def _yaml():
-    return ruamel.yaml.YAML()
 
 
 def training_hparams_text(stage_file, overrides, averaged_epochs, num_classes):
@@ -59,19 +56,6 @@ def training_hparams_text(stage_file, overrides, averaged_epochs, num_classes):
     return f"# averaged epochs: {epochs}\n" + composed
 
 
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, bool) or value is None:
-        return value
-    for kind in (int, float, str):
-        if isinstance(value, kind):
-            return kind(value)
-    return str(value)
-
-
 def training_config(folder):
     """The plain training settings recorded in ``train_hparams.yaml`` of a model folder.
 
@@ -111,27 +95,27 @@ def training_config(folder):
             break
         if line.startswith("# overrides:"):
             raw = ast.literal_eval(line[len("# overrides:"):].strip())
-            overrides = dict(_yaml().load(raw) or {}) if isinstance(raw, str) else dict(raw or {})
+            overrides = dict(ruamel_yaml().load(raw) or {}) if isinstance(raw, str) else dict(raw or {})
         elif line.startswith("# averaged epochs:"):
             epochs = ast.literal_eval(line[len("# averaged epochs:"):].strip())
     hparams_path = os.path.join(folder, HPARAMS_FILE)
     if "num_classes" not in overrides and os.path.isfile(hparams_path):
         with open(hparams_path, encoding="utf-8") as handle:
-            overrides["num_classes"] = (_yaml().load(handle) or {}).get("num_classes", 2)
+            overrides["num_classes"] = (ruamel_yaml().load(handle) or {}).get("num_classes", 2)
     # Keys the text declares !PLACEHOLDER and nobody overrode: fill to let it resolve.
     for key in ("data_folder", "pretrained_model", "init_encoder_from", "num_classes"):
         if f"{key}: !PLACEHOLDER" in text and key not in overrides:
             overrides[key] = None
     try:
-        resolved = resolve_references(io.StringIO(text), {k: _plain(v) for k, v in overrides.items()})
-        tree = _yaml().load(resolved)
+        resolved = resolve_references(io.StringIO(text), {k: plain_value(v) for k, v in overrides.items()})
+        tree = ruamel_yaml().load(resolved)
     except Exception as error:
         raise ValueError(f"{path}: cannot resolve the training settings: {one_line(error, 300)}") from error
     config = {}
     for key, value in tree.items():
         if key == "modules" or getattr(getattr(value, "tag", None), "value", None):
             continue  # objects to build
-        config[key] = _plain(value)
+        config[key] = plain_value(value)
     if epochs is not None:
         config["averaged_epochs"] = list(epochs)
     return config

@@ -14,6 +14,8 @@ import re
 
 import torch
 
+from sb_sphereface2.errors import one_line
+
 __all__ = ["CheckpointError", "read_checkpoint", "load_strictly"]
 
 # How many offending keys an error message names.
@@ -22,18 +24,6 @@ _SHOWN_KEYS = 3
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read, or does not fit what it is loaded into."""
-
-
-def one_line(error, limit=200):
-    """``str(error)`` on one line, at most ``limit`` characters.
-
-    Example
-    -------
-    >>> one_line(ValueError("a\\n  b"))
-    'a b'
-    """
-    text = " ".join(str(error).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _named(path):

@@ -26,7 +26,8 @@ import ruamel.yaml
 import ruamel.yaml.tag
 
 from sb_sphereface2.files import atomic_folder, copy_atomic, torch_save_atomic, write_text_atomic
-from sb_sphereface2.pretrained.checkpoint import load_strictly, one_line
+from sb_sphereface2.errors import one_line
+from sb_sphereface2.pretrained.checkpoint import load_strictly
 
 HPARAMS_FILE = "hyperparams.yaml"
 TRAINING_HPARAMS_FILE = "train_hparams.yaml"

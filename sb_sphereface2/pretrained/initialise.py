@@ -11,7 +11,8 @@ every file loaded strictly).
 import os
 import re
 
-from sb_sphereface2.pretrained.checkpoint import CheckpointError, load_strictly, one_line
+from sb_sphereface2.errors import one_line
+from sb_sphereface2.pretrained.checkpoint import CheckpointError, load_strictly
 from sb_sphereface2.pretrained.folder import HPARAMS_FILE, pretrainer_files
 
 __all__ = ["initialise_from_pretrained", "initialise_from_model_folder", "initialise_encoder_from"]

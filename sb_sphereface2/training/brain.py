@@ -31,7 +31,7 @@ from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
 from speechbrain.utils.distributed import if_main_process
 
 from sb_sphereface2.data.throughput import ThroughputMeter, show_on_progress_bar
-from sb_sphereface2.files import write_text_atomic
+from sb_sphereface2.files import plain_value, write_text_atomic
 from sb_sphereface2.scoring.metrics import compute_eer, compute_min_dcf
 from sb_sphereface2.scoring.trial_scores import score_trials
 from sb_sphereface2.training.cosine_statistics import raw_cosine_statistics, sharded_raw_cosine_statistics
@@ -245,7 +245,7 @@ class SpeakerBrain(sb.core.Brain):
         line = {"stats_meta": self.epoch_meta, "train_stats": self.train_stats, "valid_stats": valid or None}
         self.checkpointer.save_and_keep_only(
             # the log line's values in order (meta files sort the keys of mappings)
-            meta={"epoch": epoch, **_plain(valid), "train_log": _plain({k: list(v.items()) if v else v
+            meta={"epoch": epoch, **plain_value(valid), "train_log": plain_value({k: list(v.items()) if v else v
                                                                        for k, v in line.items()})},
             num_to_keep=self.hparams.average_last,
             ckpt_predicate=lambda c: "epoch" in c.meta,
@@ -337,16 +337,3 @@ def _logged_epoch(line):
         return None
 
 
-def _plain(value):
-    """Numbers, strings, lists and dicts as plain Python values (for yaml meta files)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.item()
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)

@@ -54,6 +54,7 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.distributed import ddp_barrier, if_main_process, main_process_only
 
+from sb_sphereface2.errors import one_line
 from sb_sphereface2.files import fsync_folder, temporary_path
 from sb_sphereface2.training.run_state import save_torch_state
 
@@ -73,14 +74,10 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint belongs to another run (other classes, another model)."""
 
 
-def _one_line(error):
-    return " ".join(str(error).split()) or type(error).__name__
-
-
 def _cause(error):
     if isinstance(error, OSError) and error.strerror:
         return f"{error.strerror} [Errno {error.errno}]"
-    return _one_line(error)
+    return one_line(error)
 
 
 def _fsync_tree(folder):
@@ -217,7 +214,7 @@ class SafeCheckpointer(Checkpointer):
                 self.load_checkpoint(checkpoint)
                 return checkpoint
             except DAMAGE_ERRORS as error:
-                self._set_aside(checkpoint.path, f"does not load: {_one_line(error)}")
+                self._set_aside(checkpoint.path, f"does not load: {one_line(error)}")
 
     def find_resumable(self, importance_key=None, max_key=None, min_key=None, ckpt_predicate=None):
         """The checkpoint to resume from, without loading it: incomplete and damaged
@@ -257,7 +254,7 @@ class SafeCheckpointer(Checkpointer):
             except FileNotFoundError:
                 problem = f"has no {METAFNAME} (an unfinished save or deletion)"
             except (OSError, yaml.YAMLError, UnicodeDecodeError) as error:
-                problem = f"{METAFNAME} does not read: {_one_line(error)}"
+                problem = f"{METAFNAME} does not read: {one_line(error)}"
             if problem is None and not self.allow_partial_load:
                 missing = [n for n in self._required_names() if not (path / f"{n}{PARAMFILE_EXT}").is_file()]
                 if missing:
@@ -322,9 +319,9 @@ def _read_state(data):
         except pickle.UnpicklingError as error:
             if "weights only" in str(error).lower():
                 return None, None  # readable, just not by weights-only loading: not ours to judge
-            return f"does not load: {_one_line(error)}", None
+            return f"does not load: {one_line(error)}", None
         except Exception as error:  # a truncated zip: RuntimeError, OSError(22), EOFError...
-            return f"does not load: {_one_line(error)}", None
+            return f"does not load: {one_line(error)}", None
     try:
         yaml.safe_load(data.decode("utf-8"))
         return None, None
@@ -333,7 +330,7 @@ def _read_state(data):
     try:  # torch's legacy (non-zip) format
         return None, torch.load(io.BytesIO(data), map_location="cpu")
     except Exception as error:
-        return f"does not load: {_one_line(error)}", None
+        return f"does not load: {one_line(error)}", None
 
 
 def _state_mismatch(name, module, state):
