@@ -45,7 +45,7 @@ from tools.heldout_trials import (  # noqa: E402
     same_sex_trials,
 )
 
-LIBRISPEECH_MINI = REPO.parent / "shared" / "data" / "librispeech-mini"
+LIBRISPEECH_MINI = REPO / "data" / "librispeech-mini"
 # (loss block, margin): each loss at its small-data margin (the preset's) and at the paper's.
 CONFIGS = {
     "SphereFace2-C m=0.1": {"loss": "sphereface2_c", "margin": 0.1},

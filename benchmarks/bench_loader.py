@@ -52,7 +52,7 @@ from sb_sphereface2.data.speakers import label_encoder, read_speakers  # noqa: E
 from sb_sphereface2.data.speed import SPEEDS, speed_labels  # noqa: E402
 
 RATE = 16000
-LIBRISPEECH_MINI = ROOT.parent / "shared" / "data" / "librispeech-mini"
+LIBRISPEECH_MINI = ROOT / "data" / "librispeech-mini"
 
 
 def make_corpus(folder, utterance_seconds=7.0):

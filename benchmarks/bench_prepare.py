@@ -38,7 +38,7 @@ import numpy as np
 import soundfile
 
 REPO = Path(__file__).resolve().parents[1]
-LIBRISPEECH_MINI = REPO.parent / "shared" / "data" / "librispeech-mini"
+LIBRISPEECH_MINI = REPO / "data" / "librispeech-mini"
 VOXCELEB2_DEV_FILES = 1_092_009
 VOXCELEB2_MEAN_SECONDS = 2442 * 3600 / 1_128_246
 

@@ -4,7 +4,7 @@ Both are built once per test session under pytest's temporary folder and must be
 treated as read-only (copy them before damaging files).
 
 ``librispeech_voxceleb_tree`` (session scope) -> ``VoxCelebTree``
-    Real speech cut from ``../shared/data/librispeech-mini`` (251 LibriSpeech speakers,
+    Real speech cut from ``data/librispeech-mini`` (shipped in the repository) (251 LibriSpeech speakers,
     one recording each; beside the repository root). Recordings shorter than 6 s are
     left out (223 speakers remain). Each recording gives 4 non-overlapping segments,
     one from each quarter, min(3 s, quarter) long, as FLAC::
@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 import soundfile
 
-LIBRISPEECH_MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "librispeech-mini"
+LIBRISPEECH_MINI = Path(__file__).resolve().parents[1] / "data" / "librispeech-mini"
 SEGMENT_SECONDS = 3.0
 MIN_RECORDING_SECONDS = 6.0
 NUM_TRIAL_SPEAKERS = 20

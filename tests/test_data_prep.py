@@ -18,7 +18,7 @@ from sb_sphereface2.data import prepare as data_prep
 from sb_sphereface2.data.prepare import CSV_HEADER, MANIFEST_NAME, SUMMARY_NAME, prepare_voxceleb
 
 REPO = Path(__file__).resolve().parents[1]
-LIBRISPEECH_MINI = REPO.parent / "shared" / "data" / "librispeech-mini"
+LIBRISPEECH_MINI = REPO / "data" / "librispeech-mini"
 CACHE = audio_check.CACHE_FOLDER
 
 

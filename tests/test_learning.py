@@ -1,5 +1,5 @@
 """The recipe learns speaker identity from real speech (librispeech-mini, LibriSpeech
-train-clean-100, CC BY 4.0): ``make demo DATA=../shared/data/librispeech-mini`` end to end.
+train-clean-100, CC BY 4.0): ``make demo DATA=data/librispeech-mini`` end to end.
 
 ``recipes/VoxCeleb/demo.sh`` runs the small-data preset (``sb_sphereface2.training.presets``;
 38 epochs, about 3.5 min on 2 CPU cores), scores the held-out test speakers, runs the MFCC
@@ -27,7 +27,7 @@ from sb_sphereface2.scoring.trial_scores import evaluate
 from tools.heldout_trials import all_heldout_trials, evaluate_model_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRISPEECH_MINI = ROOT.parent / "shared" / "data" / "librispeech-mini"
+LIBRISPEECH_MINI = ROOT / "data" / "librispeech-mini"
 MARGIN_OVER_BASELINE = 1.0  # EER points; smallest measured gap 8.57 - 6.94 = 1.6
 MIN_RANKED = 0.9  # share of same-speaker pairs above different-speaker ones (measured 97.5 %)
 
@@ -35,7 +35,7 @@ MIN_RANKED = 0.9  # share of same-speaker pairs above different-speaker ones (me
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     if not LIBRISPEECH_MINI.is_dir():
-        pytest.fail(f"librispeech-mini not found at {LIBRISPEECH_MINI} (../shared/data beside the repository)")
+        pytest.fail(f"librispeech-mini not found at {LIBRISPEECH_MINI} (shipped in the repository: data/librispeech-mini)")
     out = tmp_path_factory.mktemp("demo") / "out"
     env = dict(os.environ, PY=sys.executable)
     result = subprocess.run(["bash", "recipes/VoxCeleb/demo.sh", str(LIBRISPEECH_MINI), str(out)],

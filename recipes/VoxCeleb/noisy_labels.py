@@ -22,7 +22,7 @@ every run, and a second call with the same output folder resumes. The table
 (``results.md``) gives mean ± sd over the seeds per condition and loss, and SphereFace2's
 difference from AAM per condition, marked where it is larger than the seed spread.
 
-    python recipes/VoxCeleb/noisy_labels.py --data_folder ../shared/data/librispeech-mini \\
+    python recipes/VoxCeleb/noisy_labels.py --data_folder data/librispeech-mini \\
         --output_folder /tmp/noisy --seeds 1986 1987 1988 --fractions 0.2 0.5
 """
 

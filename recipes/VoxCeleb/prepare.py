@@ -17,7 +17,7 @@ Examples::
 
     # One recording per speaker (cut into 3-6 s segments), 20 validation speakers and
     # 24 held-out test speakers with generated trials (trials/heldout.txt):
-    python recipes/VoxCeleb/prepare.py results/data ../shared/data/librispeech-mini \\
+    python recipes/VoxCeleb/prepare.py results/data data/librispeech-mini \\
         --dev-speakers 20 --test-speakers 24
 """
 

@@ -24,7 +24,7 @@ audio, a documented set of overrides that learns in minutes on two CPU cores:
 Corpora of at least ``LARGE_SPEAKERS`` speakers and ``LARGE_HOURS`` hours get no
 preset: the paper's recipe is made for them.
 
-    python -m sb_sphereface2.training.presets ../shared/data/librispeech-mini
+    python -m sb_sphereface2.training.presets data/librispeech-mini
 
 prints the choice and its reasons; ``--args`` prints only the overrides, one per line,
 for ``recipes/VoxCeleb/train.py``; ``--save FILE`` writes them to a file
