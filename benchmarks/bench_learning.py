@@ -171,7 +171,7 @@ def main(argv=None):
 
     if "mfcc" not in results:
         from sb_sphereface2.scoring.mfcc_baseline import mfcc_baseline_scores
-        from sb_sphereface2.scoring.trial_scores import evaluate
+        from sb_sphereface2.scoring.metrics import evaluate
 
         if lists is None:
             everything = all_heldout_trials(work / "data")

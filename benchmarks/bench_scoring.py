@@ -12,7 +12,7 @@ AS-norm is measured against its floor, in one process on the same arrays, interl
 chunked ``torch.mm`` of them by the cohort + ``torch.topk`` + ``torch.std_mean`` of the
 top-N scores, then, for the trials, a gather of both sides' unit rows by integer index,
 their dot product and the AS-norm formula on the gathered statistics; ours is the whole
-``score_trials(norm="asnorm")`` call from string IDs and raw embeddings (ID lookup, mean
+``score_trial_list(norm="asnorm").scores`` call from string IDs and raw embeddings (ID lookup, mean
 subtraction, normalisation, the same chunked statistics). The ratio ours / floor is
 printed for the cohort statistics alone and for the whole scoring call.
 
@@ -136,7 +136,7 @@ def asnorm_side_by_side(n_utts, n_trials, n_cohort=6000, dim=256, top_n=300, rep
     import torch
     from sb_sphereface2.data.trials import TrialList
     from sb_sphereface2.scoring.normalization import cohort_statistics, l2_normalize
-    from sb_sphereface2.scoring.trial_scores import score_trials
+    from sb_sphereface2.scoring.trial_scores import score_trial_list
 
     rng = np.random.default_rng(1)
     embeddings = rng.standard_normal((n_utts, dim), dtype=np.float32)
@@ -170,7 +170,7 @@ def asnorm_side_by_side(n_utts, n_trials, n_cohort=6000, dim=256, top_n=300, rep
         "floor_statistics": lambda: floor_statistics(units)[0],
         "ours_statistics": lambda: cohort_statistics(units, cohort, top_n=top_n, chunk_size=chunk_size).mean,
         "floor_scoring": floor_scoring,
-        "ours_scoring": lambda: score_trials(index, embeddings, trials, cohort=cohort, top_n=top_n, norm="asnorm"),
+        "ours_scoring": lambda: score_trial_list(index, embeddings, trials, cohort=cohort, top_n=top_n, norm="asnorm").scores,
     }
     # Same answers, up to float32 rounding (summation order), magnified by AS-norm's division.
     difference = float(np.max(np.abs(np.asarray(cases["floor_scoring"]()) - cases["ours_scoring"]())))
@@ -286,7 +286,7 @@ def asnorm_table(args, raw):
         f"| cohort statistics of every utterance (floor: chunked `torch.mm` + `torch.topk` + `torch.std_mean`) | "
         f"{m['floor_statistics']:.2f} | {m['ours_statistics']:.2f} | {side['statistics_ratio']:.2f}× |",
         f"| whole scoring (floor: L2 normalisation + the statistics + integer-index trial gather + dot + "
-        f"formula; ours: `score_trials(norm='asnorm')` from string IDs) | {m['floor_scoring']:.2f} | "
+        f"formula; ours: `score_trial_list(norm='asnorm').scores` from string IDs) | {m['floor_scoring']:.2f} | "
         f"{m['ours_scoring']:.2f} | {side['scoring_ratio']:.2f}× |",
         "",
         f"Largest difference between the two scorings: {side['max_abs_difference']:.1e}.",

@@ -16,7 +16,7 @@ import numpy as np
 
 from sb_sphereface2.scoring.metrics import compute_min_dcf
 from sb_sphereface2.scoring.plots import plot_det, plot_score_histogram
-from sb_sphereface2.scoring.trial_scores import evaluate
+from sb_sphereface2.scoring.metrics import evaluate
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "images")
 

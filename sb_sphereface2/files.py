@@ -312,3 +312,14 @@ def plain_value(value, keep=None):
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # tensor or numpy scalar
         return value.item()
     return str(value)
+
+
+def sidecar_path(path, kind):
+    """The file written beside ``path`` to describe it: ``<path without extension>.<kind>.json``.
+
+    Example
+    -------
+    >>> sidecar_path("data/train_noisy.csv", "noise")
+    'data/train_noisy.noise.json'
+    """
+    return f"{os.path.splitext(path)[0]}.{kind}.json"

@@ -36,6 +36,7 @@ import sys
 import ruamel.yaml
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 
+from sb_sphereface2.errors import one_line
 from sb_sphereface2.files import plain_value
 
 BLOCK_KEYS = {"model": "models", "loss": "losses", "features": "features"}
@@ -259,9 +260,9 @@ def peek_object(stage_file, key, overrides=None, **extra):
 
     Example
     -------
-    >>> tag, args = peek_object("hparams/train.yaml", "compute_cost", {"loss": "sphereface2_a"})
+    >>> tag, args = peek_object("hparams/train.yaml", "loss_settings", {"loss": "sphereface2_a"})
     >>> tag, args["margin_type"], args["scale"]
-    ('!new:sb_sphereface2.SphereFace2Loss', 'A', 32.0)
+    ('!new:sb_sphereface2.SphereFace2Settings', 'A', 32.0)
     """
     node = _resolved_tree(stage_file, overrides, extra).get(key)
     tag = _tag(node)
@@ -271,8 +272,14 @@ def peek_object(stage_file, key, overrides=None, **extra):
 
 
 def _resolved_tree(stage_file, overrides, extra):
-    text = compose_hparams_yaml(stage_file, {**parse_overrides(overrides), **extra})
-    return ruamel_yaml().load(resolve_references(io.StringIO(text)))
+    overrides = {**parse_overrides(overrides), **extra}
+    text = compose_hparams_yaml(stage_file, overrides)
+    try:
+        return ruamel_yaml().load(resolve_references(io.StringIO(text)))
+    except ValueError as error:  # hyperpyyaml: 'The reference "x" is not valid'
+        blocks = ", ".join(f"--{kind}={overrides[kind]}" for kind in BLOCK_KEYS if kind in overrides)
+        raise HparamsError(f"{stage_file}{' with ' + blocks if blocks else ''}: {one_line(error)} "
+                           "(a key this stage refers to is not defined by the chosen blocks)") from None
 
 
 def main(argv=None):

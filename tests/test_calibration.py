@@ -133,9 +133,6 @@ def test_separable_scores_give_finite_parameters_and_roundtrip(tmp_path):
     assert json.loads(path.read_text())["feature_names"] == ["max_duration"]
     again = LogisticCalibration.load(path)
     np.testing.assert_allclose(again([0.3, 0.7], [[4.0], [5.0]]), calibration([0.3, 0.7], [[4.0], [5.0]]))
-    # 0.1.0's calibration.json (scale and offset only) still loads.
-    old = LogisticCalibration.from_dict({"prior": 0.5, "ridge": 1e-6, "scale": 2.0, "offset": -1.0})
-    np.testing.assert_allclose(old([0.5, 1.0]), [0.0, 1.0])
 
 
 def test_errors():

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 _REPO = Path(__file__).resolve().parents[1]
-_FIXTURE_MODEL = _REPO / "tests" / "fixtures" / "model_folder_v0_1"  # 0.1.0: 12 speakers, tiny ResNet
 _FIXTURE_SIZES = ["--n_mels=24", "--emb_dim=32", "--resnet_channels=[4,4,8,8]", "--resnet_blocks=[1,1,1,1]"]
 _DAMAGES = ("classifier_as_embedding", "truncated", "empty")
 _FROM_HPARAMS = (
@@ -75,19 +74,20 @@ _EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def exported_for_faults(tmp_path_factory):
-    """A folder exported by recipes/VoxCeleb/export.py from the 0.1.0 model folder."""
+def exported_for_faults(tiny_model_folder, tmp_path_factory):
+    """A folder exported by recipes/VoxCeleb/export.py from conftest's tiny model folder."""
     out = tmp_path_factory.mktemp("pretrained_faults") / "exported"
-    result = _run_python(["recipes/VoxCeleb/export.py", _FIXTURE_MODEL, out, "--name", "fault-tests"])
+    result = _run_python(["recipes/VoxCeleb/export.py", tiny_model_folder, out, "--name", "fault-tests"])
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", _DAMAGES)
-def test_export_of_a_damaged_model_folder_keeps_the_earlier_export(damage, exported_for_faults, tmp_path):
+def test_export_of_a_damaged_model_folder_keeps_the_earlier_export(damage, exported_for_faults, tiny_model_folder,
+                                                                    tmp_path):
     source = tmp_path / "model"
-    shutil.copytree(_FIXTURE_MODEL, source)
+    shutil.copytree(tiny_model_folder, source)
     path = _damage(source, damage)
     destination = tmp_path / "exported"
     shutil.copytree(exported_for_faults, destination)
@@ -116,17 +116,17 @@ def test_speechbrain_from_hparams_loads_the_intact_export(exported_for_faults, t
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", _DAMAGES)
-def test_stage_two_from_a_damaged_stage_one_folder(damage, librispeech_voxceleb_tree, tmp_path):
+def test_stage_two_from_a_damaged_stage_one_folder(damage, librispeech_voxceleb_tree, tiny_model_folder, tmp_path):
     """train.py hparams/finetune.yaml --pretrained_model=<damaged folder>: one line, nothing trained."""
     tree = librispeech_voxceleb_tree
-    speakers = [s for s in (_FIXTURE_MODEL / "label_encoder.txt").read_text().split("'")[1::2]
+    speakers = [s for s in (tiny_model_folder / "label_encoder.txt").read_text().split("'")[1::2]
                 if (tree.root / s).is_dir()]
     assert len(speakers) >= 8
     data = tmp_path / "data"
     for speaker in speakers:
         shutil.copytree(tree.root / speaker, data / speaker)
     folder = tmp_path / "stage1_model"
-    shutil.copytree(_FIXTURE_MODEL, folder)
+    shutil.copytree(tiny_model_folder, folder)
     path = _damage(folder, damage)
     out = tmp_path / "lmf"
     result = _run_python(["recipes/VoxCeleb/train.py", "hparams/finetune.yaml", f"--data_folder={data}",

@@ -66,9 +66,10 @@ def test_paper_defaults(tmp_path):
     assert (hp["number_of_epochs"], hp["batch_size"], hp["crop_seconds"], hp["n_mels"]) == (150, 256, 2.015, 80)
     assert type(hp["compute_features"]).__name__ == "KaldiFbank" and hp["compute_features"].window_type == "hamming"
     loss = hp["compute_cost"]
-    # The loss is built at the margin in force at the start (0): its closed-form bias is
-    # computed there (15.05 for 17,982 classes), the scheduler ramps the margin to 0.2.
-    assert (loss.scale, loss.margin, loss.lambda_, loss.t, loss.margin_type) == (32.0, 0.0, 0.7, 3.0, "C")
+    # The loss is built at the margin its schedule gives at iteration 0 (0): its closed-form
+    # bias is computed there (15.05 for 17,982 classes), the scheduler ramps the margin to 0.2.
+    settings = loss.settings
+    assert (settings.scale, loss.margin, settings.lambda_, settings.t, settings.margin_type) == (32.0, 0.0, 0.7, 3.0, "C")
     assert loss.bias.item() == pytest.approx(15.05, abs=0.01)
     ramp = hp["margin_scheduler"]
     assert (ramp.final_margin, ramp.start_epoch, ramp.fix_epoch, ramp.ramp) == (0.2, 20, 40, "exp")
@@ -83,6 +84,35 @@ def test_paper_defaults(tmp_path):
     assert lmf["compute_cost"].margin == 0.25 and lmf["margin_scheduler"](0, 10) == 0.25
     assert (lmf["crop_seconds"], lmf["number_of_epochs"], lmf["speed_perturb"], lmf["batch_size"]) == (6.015, 5, False, 128)
     assert lmf["lr_scheduler"](10, 10) == pytest.approx(2 * 1e-4 * 0.25 ** 0.2)
+
+
+def test_ecapa_block_bias_is_the_one_its_yaml_promises(tmp_path):
+    """ECAPA's margin is fixed from the first epoch: the loss starts at the final margin and
+    takes the closed-form bias there, the same when the composed yaml is loaded anywhere."""
+    from sb_sphereface2 import closed_form_bias
+
+    for loss_block, final in (("sphereface2_c", 0.2), ("sphereface2_a", 0.15)):
+        hp = load_recipe_hparams(str(HPARAMS / "train.yaml"),
+                                 {"model": "ecapa_tdnn", "loss": loss_block, "ecapa_channels": 16,
+                                  "data_folder": "/x", "output_folder": str(tmp_path)}, num_classes=5994)
+        loss = hp["compute_cost"]
+        assert hp["margin_scheduler"](0, 100) == final and loss.margin == final
+        assert loss.bias.item() == pytest.approx(closed_form_bias(5994, final, loss.settings), rel=1e-6)
+
+
+def test_sharded_head_takes_its_loss_from_the_loss_block(tmp_path):
+    from sb_sphereface2.losses.sharded import ShardedSphereFace2Loss
+
+    hp = load_recipe_hparams(str(HPARAMS / "train_sharded.yaml"),
+                             {"loss": "sphereface2_a", "data_folder": "/x", "output_folder": str(tmp_path)},
+                             num_classes=100)
+    loss = hp["compute_cost"]
+    assert isinstance(loss, ShardedSphereFace2Loss)
+    assert loss.settings == hp["loss_settings"] and loss.settings.margin_type == "A"
+    assert hp["margin_scheduler"].final_margin == 0.15
+    with pytest.raises(ValueError, match="loss_settings"):
+        load_recipe_hparams(str(HPARAMS / "train_sharded.yaml"),
+                            {"loss": "aam", "data_folder": "/x", "output_folder": str(tmp_path)}, num_classes=100)
 
 
 def test_one_override_switches_a_block():

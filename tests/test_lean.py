@@ -3,14 +3,29 @@
 import pytest
 import torch
 
-from sb_sphereface2 import SphereFace2Head, SphereFace2Loss
+from sb_sphereface2 import SphereFace2Head, SphereFace2Loss, SphereFace2Settings
 from sb_sphereface2.losses import negatives
-from sb_sphereface2.losses.lean import lean_block_loss, lean_sphereface2_loss
-from sb_sphereface2.losses.negatives import COMPILE_MIN_ELEMENTS, compile_wanted
+from sb_sphereface2.losses.lean import lean_block_loss
 from sb_sphereface2.losses.margins import closed_form_bias
-from sb_sphereface2.losses.sphereface2 import sphereface2_loss
+from sb_sphereface2.losses.negatives import COMPILE_MIN_ELEMENTS, compile_wanted
+from sb_sphereface2.losses.sphereface2 import class_block_loss
 
 SETTINGS = [("C", 0.2), ("A", 0.15), ("M", 1.5)]
+
+
+def _settings(margin, scale, lambda_, t, kind, detach):
+    """(margin, SphereFace2Settings): the loss arguments after the bias."""
+    return margin, SphereFace2Settings(margin_type=kind, scale=scale, lambda_=lambda_, t=t, detach_adjustment=detach)
+
+
+def sphereface2_loss(cos, labels, bias, margin, settings):
+    """The plain loss of all classes, batch mean (the reference)."""
+    return class_block_loss(cos, labels, 0, bias, margin, settings, cos.shape[0], implementation="plain")[0]
+
+
+def lean_sphereface2_loss(cos, labels, bias, margin, settings, **options):
+    """The lean loss of all classes, batch mean."""
+    return lean_block_loss(cos, labels, 0, bias, margin, settings, cos.shape[0], **options)[0]
 
 
 def _cosines(batch, classes, dtype, seed):
@@ -42,8 +57,8 @@ def _rel(a, b):
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 def test_lean_equals_plain(kind, margin, detach, t, dtype, tol):
     cos, labels = _cosines(9, 53, dtype, seed=1)
-    bias = torch.tensor(closed_form_bias(53, 32.0, margin, 0.7, t, kind), dtype=dtype)
-    args = (margin, 32.0, 0.7, t, kind, detach)
+    bias = torch.tensor(closed_form_bias(53, margin, SphereFace2Settings(kind, 32.0, 0.7, t)), dtype=dtype)
+    args = _settings(margin, 32.0, 0.7, t, kind, detach)
     ref = _loss_and_grads(sphereface2_loss, cos, labels, bias, args)
     # 1 column, a chunk not dividing C, exactly C, more than C, the default.
     for chunk in (1, 7, 53, 100, None):
@@ -59,7 +74,7 @@ def test_lean_equals_plain(kind, margin, detach, t, dtype, tol):
 def test_analytic_derivatives_equal_per_chunk_autograd(kind, margin, detach):
     cos, labels = _cosines(6, 40, torch.float64, seed=2)
     bias = torch.tensor(3.0, dtype=torch.float64)
-    args = (margin, 16.0, 0.7, 3.0, kind, detach)
+    args = _settings(margin, 16.0, 0.7, 3.0, kind, detach)
     analytic = _loss_and_grads(
         lambda *a: lean_sphereface2_loss(*a, chunk_columns=9), cos, labels, bias, args
     )
@@ -79,7 +94,7 @@ def test_gradcheck_lean_float64(kind, margin):
     labels = torch.tensor([0, 3, 6])
 
     def loss(c, b):
-        return lean_sphereface2_loss(c, labels, b, margin, 8.0, 0.7, 3.0, kind, False,
+        return lean_sphereface2_loss(c, labels, b, *_settings(margin, 8.0, 0.7, 3.0, kind, False),
                                      chunk_columns=3)
 
     assert torch.autograd.gradcheck(loss, (cos, bias))
@@ -90,7 +105,7 @@ def test_retain_graph_backward_twice_accumulates_the_same_gradient():
     cos, labels = _cosines(4, 20, torch.float32, seed=5)
     cos.requires_grad_()
     bias = torch.tensor(2.0, requires_grad=True)
-    loss = lean_sphereface2_loss(cos, labels, bias, 0.2, 32.0, 0.7, 3.0, "C", False)
+    loss = lean_sphereface2_loss(cos, labels, bias, *_settings(0.2, 32.0, 0.7, 3.0, "C", False))
     (2 * loss).backward(retain_graph=True)
     first = cos.grad.clone()
     (2 * loss).backward()
@@ -101,7 +116,7 @@ def test_retain_graph_backward_twice_accumulates_the_same_gradient():
 def test_no_grad_and_partial_requires_grad():
     cos, labels = _cosines(5, 30, torch.float64, seed=6)
     bias = torch.tensor(1.0, dtype=torch.float64)
-    args = (labels, bias, 0.2, 32.0, 0.7, 3.0, "C", False)
+    args = (labels, bias, *_settings(0.2, 32.0, 0.7, 3.0, "C", False))
     with torch.no_grad():
         value = lean_sphereface2_loss(cos, *args)
     assert value.item() == pytest.approx(sphereface2_loss(cos, *args).item(), rel=1e-12)
@@ -148,7 +163,7 @@ def test_module_default_is_lean_and_matches_plain():
 def test_lean_finite_under_autocast_with_extreme_cosines(dtype, kind, margin):
     """Autocast head, cosines forced to exactly +-1 in low precision, bias 15."""
     head = SphereFace2Head(16, 300)
-    loss_fn = SphereFace2Loss(300, margin=margin, margin_type=kind, bias_init=15.0)
+    loss_fn = SphereFace2Loss(300, SphereFace2Settings(margin_type=kind), margin=margin, bias_init=15.0)
     emb = torch.randn(8, 16, requires_grad=True)
     with torch.autocast("cpu", dtype=dtype):
         cos = head(emb)
@@ -181,7 +196,7 @@ def test_lean_half_cosine_tensors_match_plain_in_float32(dtype):
 
 def test_bad_arguments_raise():
     cos = torch.zeros(2, 3)
-    args = (torch.tensor([0, 1]), torch.tensor(0.0), 0.2, 32.0, 0.7, 3.0, "C", False)
+    args = (torch.tensor([0, 1]), torch.tensor(0.0), *_settings(0.2, 32.0, 0.7, 3.0, "C", False))
     with pytest.raises(ValueError, match="chunk_columns"):
         lean_sphereface2_loss(cos, *args, chunk_columns=0)
     with pytest.raises(ValueError, match="derivative"):
@@ -195,7 +210,7 @@ def test_function_promotes_half_cosines_under_autocast():
     c = cos.to(torch.bfloat16).requires_grad_()
     bias = torch.tensor(15.0, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = lean_sphereface2_loss(c, labels, bias, 0.2, 32.0, 0.7, 3.0, "C", False)
+        loss = lean_sphereface2_loss(c, labels, bias, *_settings(0.2, 32.0, 0.7, 3.0, "C", False))
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     assert c.grad.dtype == torch.bfloat16 and torch.isfinite(c.grad.float()).all()
@@ -212,12 +227,12 @@ def test_lean_blocks_add_up_to_the_plain_loss_of_all_classes(kind, margin, detac
     plain loss of all classes, in float64 to 1e-10 (targets inside and outside blocks)."""
     cos, labels = _cosines(8, 31, torch.float64, seed=11)
     bias = torch.tensor(2.5, dtype=torch.float64)
-    args = (margin, 32.0, 0.7, 3.0, kind, detach)
+    args = _settings(margin, 32.0, 0.7, 3.0, kind, detach)
     ref = _loss_and_grads(sphereface2_loss, cos, labels, bias, args)
 
-    def blocks(c, y, b, *settings):
+    def blocks(c, y, b, margin, settings):
         bounds = [0, 5, 6, 19, 31]  # uneven blocks, one of a single class
-        return sum(lean_block_loss(c[:, lo:hi], y, lo, b, *settings, normaliser=c.shape[0], chunk_columns=4)
+        return sum(lean_block_loss(c[:, lo:hi], y, lo, b, margin, settings, c.shape[0], chunk_columns=4)[0]
                    for lo, hi in zip(bounds, bounds[1:]))
 
     got = _loss_and_grads(blocks, cos, labels, bias, args)
@@ -230,7 +245,7 @@ def test_unit_incoming_gradient_with_retained_graph_keeps_the_saved_gradient():
     gradient on the second backward (the saved buffer is not handed out for mutation)."""
     cos, labels = _cosines(4, 20, torch.float32, seed=12)
     cos.requires_grad_()
-    loss = lean_sphereface2_loss(cos, labels, torch.tensor(2.0), 0.2, 32.0, 0.7, 3.0, "C", False)
+    loss = lean_sphereface2_loss(cos, labels, torch.tensor(2.0), *_settings(0.2, 32.0, 0.7, 3.0, "C", False))
     loss.backward(retain_graph=True)
     first = cos.grad.clone()
     loss.backward(retain_graph=True)
@@ -261,7 +276,7 @@ def test_failed_compilation_falls_back_to_eager_silently(monkeypatch, caplog):
     monkeypatch.setattr(negatives._Compiled, "failed", False)
     cos, labels = _cosines(5, 40, torch.float64, seed=13)
     bias = torch.tensor(1.0, dtype=torch.float64)
-    args = (0.2, 32.0, 0.7, 3.0, "C", False)
+    args = _settings(0.2, 32.0, 0.7, 3.0, "C", False)
     with caplog.at_level("WARNING"):
         got = _loss_and_grads(lean_sphereface2_loss, cos, labels, bias, args)
     assert negatives._Compiled.failed and not caplog.records  # nothing above INFO
@@ -292,8 +307,8 @@ def test_compiled_kernel_equals_plain(monkeypatch, kind, margin, detach, t, dtyp
     monkeypatch.setattr(negatives._Compiled, "failed", False)
     torch._dynamo.reset()  # a fresh compilation per case (no recompile limit reached)
     cos, labels = _cosines(9, 53, dtype, seed=14)
-    bias = torch.tensor(closed_form_bias(53, 32.0, margin, 0.7, t, kind), dtype=dtype)
-    args = (margin, 32.0, 0.7, t, kind, detach)
+    bias = torch.tensor(closed_form_bias(53, margin, SphereFace2Settings(kind, 32.0, 0.7, t)), dtype=dtype)
+    args = _settings(margin, 32.0, 0.7, t, kind, detach)
     ref = _loss_and_grads(sphereface2_loss, cos, labels, bias, args)
     for chunk in (7, None):  # 7 chunks of 7 and one of 4; one chunk of 53
         got = _loss_and_grads(
@@ -304,5 +319,5 @@ def test_compiled_kernel_equals_plain(monkeypatch, kind, margin, detach, t, dtyp
             assert _rel(g, r) < tol, (name, chunk, _rel(g, r))
     # A new margin (the scheduler changes it every iteration) reuses the compiled code.
     frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    _loss_and_grads(lean_sphereface2_loss, cos, labels, bias, (margin * 1.1,) + args[1:])
+    _loss_and_grads(lean_sphereface2_loss, cos, labels, bias, (margin * 1.1, args[1]))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames

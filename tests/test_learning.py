@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from sb_sphereface2.scoring.mfcc_baseline import mfcc_baseline_scores
-from sb_sphereface2.scoring.trial_scores import evaluate
+from sb_sphereface2.scoring.metrics import evaluate
 from tools.heldout_trials import all_heldout_trials, evaluate_model_folder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -46,9 +46,15 @@ def test_step_sets_the_loss_margin():
     [
         (dict(ramp="cosine"), "ramp"),
         (dict(start_epoch=5, fix_epoch=2), "start_epoch"),
-        (dict(final_margin=math.inf), "final_margin"),
+        (dict(final_margin="wide"), "could not convert"),
     ],
 )
 def test_bad_values(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         MarginScheduler(**kwargs)
+
+
+def test_the_loss_given_the_schedule_checks_its_margins():
+    """Which margins are valid is the loss's rule, checked when the loss gets the schedule."""
+    with pytest.raises(ValueError, match="final_margin: margin must be finite"):
+        SphereFace2Loss(5, margin_scheduler=MarginScheduler(final_margin=math.inf))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sb_sphereface2.scoring.normalization import cohort_statistics, l2_normalize, speaker_mean_cohort
-from sb_sphereface2.scoring.trial_scores import build_cohort, score_trial_list, score_trials
+from sb_sphereface2.scoring.trial_scores import build_cohort, score_trial_list
 from sb_sphereface2.data.trials import TrialList, read_trials
 
 
@@ -61,8 +61,8 @@ def test_normalised_scores_equal_per_trial_loop(toy, method):
     ids, embeddings, cohort_raw, mean, trials = toy
     cohort = build_cohort(cohort_raw, mean=mean, kind="utterance")
     top_n = 10 if method == "asnorm" else None
-    ours = score_trials(ids, embeddings, trials, mean=mean, cohort=cohort, top_n=10, norm=method,
-                        chunk_size=37, cohort_chunk_size=7)
+    ours = score_trial_list(ids, embeddings, trials, mean=mean, cohort=cohort, top_n=10, norm=method,
+                        chunk_size=37, cohort_chunk_size=7).scores
     expected = loop_reference(ids, embeddings, cohort_raw, mean, trials, method, top_n)
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5)
 
@@ -91,9 +91,9 @@ def test_chunk_sizes_do_not_change_scores(toy):
     ids, embeddings, cohort_raw, mean, trials = toy
     cohort = build_cohort(cohort_raw, mean=mean, kind="utterance")
     index = {u: i for i, u in enumerate(ids)}
-    small = score_trials(index, embeddings, trials, mean, cohort, top_n=5, norm="asnorm",
-                         chunk_size=1, cohort_chunk_size=1)
-    large = score_trials(index, embeddings, trials, mean, cohort, top_n=5, norm="asnorm")
+    small = score_trial_list(index, embeddings, trials, mean, cohort, top_n=5, norm="asnorm",
+                         chunk_size=1, cohort_chunk_size=1).scores
+    large = score_trial_list(index, embeddings, trials, mean, cohort, top_n=5, norm="asnorm").scores
     # Cosines and cohort statistics are float32 matmuls: chunking changes the summation
     # order, i.e. a few float32 ulps per cosine (~1e-7), which AS-norm divides by cohort
     # standard deviations of ~0.1 and sums over two sides: ~1e-5 relative at most.
@@ -103,8 +103,8 @@ def test_chunk_sizes_do_not_change_scores(toy):
 def test_top_n_larger_than_cohort_is_whole_cohort(toy):
     ids, embeddings, cohort_raw, mean, trials = toy
     cohort = build_cohort(cohort_raw, mean=mean, kind="utterance")
-    whole = score_trials(ids, embeddings, trials, mean, cohort, norm="snorm")
-    capped = score_trials(ids, embeddings, trials, mean, cohort, top_n=10_000, norm="asnorm")
+    whole = score_trial_list(ids, embeddings, trials, mean, cohort, norm="snorm").scores
+    capped = score_trial_list(ids, embeddings, trials, mean, cohort, top_n=10_000, norm="asnorm").scores
     np.testing.assert_allclose(whole, capped, rtol=1e-6, atol=1e-6)
 
 
@@ -150,17 +150,17 @@ def test_unknown_id_error_names_file_line(tmp_path, toy):
     assert trials.line_numbers.tolist() == [2, 4, 5, 6]
     with pytest.raises(ValueError, match=r"'list', line 5: test utterance 'nobody/x/1' has no "
                        r"embedding \(2 of 4 trials"):
-        score_trials(ids, embeddings, trials)
+        score_trial_list(ids, embeddings, trials).scores
 
 
 def test_bad_arguments():
     trials = TrialList("t", np.array([1], dtype=np.int8), ["a"], ["b"])
     emb = np.eye(2)
     with pytest.raises(ValueError, match="needs a cohort"):
-        score_trials(["a", "b"], emb, trials, norm="asnorm")
+        score_trial_list(["a", "b"], emb, trials, norm="asnorm").scores
     with pytest.raises(ValueError, match="unknown score normalisation"):
-        score_trials(["a", "b"], emb, trials, norm="xnorm", cohort=emb)
+        score_trial_list(["a", "b"], emb, trials, norm="xnorm", cohort=emb).scores
     with pytest.raises(ValueError, match="speaker"):
         build_cohort(emb, kind="speaker-mean")
     with pytest.raises(ValueError, match="duplicate utterance ID 'a'"):
-        score_trials(["a", "a"], emb, trials)
+        score_trial_list(["a", "a"], emb, trials).scores

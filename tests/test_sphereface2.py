@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sb_sphereface2 import SphereFace2Head, SphereFace2Loss, closed_form_bias
+from sb_sphereface2 import MarginScheduler, SphereFace2Head, SphereFace2Loss, SphereFace2Settings, closed_form_bias
 
 
 # ---------------------------------------------------------------------------
@@ -92,14 +92,24 @@ def test_matches_independent_reference(kind, margin, detach, implementation):
     cos = (torch.rand(B, C, dtype=torch.float64) * 1.8 - 0.9).requires_grad_()
     labels = torch.randint(0, C, (B,))
     loss_fn = SphereFace2Loss(
-        C, scale=16.0, margin=margin, margin_type=kind, bias_init=1.5, detach_adjustment=detach,
-        implementation=implementation,
+        C, SphereFace2Settings(margin_type=kind, scale=16.0, detach_adjustment=detach), margin=margin,
+        bias_init=1.5, implementation=implementation,
     ).double()
     loss = loss_fn(cos.unsqueeze(1), labels.unsqueeze(1))
     loss.backward()
 
     expected = reference_loss(cos.detach(), labels, 1.5, margin, 16.0, 0.7, 3.0, kind)
     assert loss.item() == pytest.approx(expected, rel=1e-10)
+    # The loss's parts, as the training log shows them, from the same element-by-element sums.
+    terms = {name: value.item() for name, value in loss_fn.last_terms.items()}
+    positive = sum(0.7 * ref_softplus(-(16.0 * ref_positive(c, margin, 3.0, kind) + 1.5))
+                   for row, y in zip(cos.tolist(), labels.tolist()) for j, c in enumerate(row) if j == y) / B
+    active = sum(16.0 * ref_negative(c, margin, 3.0, kind) + 1.5 > 0
+                 for row, y in zip(cos.tolist(), labels.tolist()) for j, c in enumerate(row) if j != y)
+    assert terms["positive_term"] == pytest.approx(positive, rel=1e-10)
+    assert terms["negative_term"] == pytest.approx(expected - positive, rel=1e-10)
+    assert terms["negative_active"] == pytest.approx(active / (B * (C - 1)), rel=1e-12)
+    assert terms["bias"] == 1.5
     grad = reference_gradient(cos.detach(), labels, 1.5, margin, 16.0, 0.7, 3.0, kind, detach)
     torch.testing.assert_close(cos.grad, grad, rtol=1e-5, atol=1e-7)
 
@@ -122,18 +132,15 @@ def test_gradcheck_float64(kind, margin):
     torch.manual_seed(2)
     cos = (torch.rand(3, 5, dtype=torch.float64) * 1.8 - 0.9).requires_grad_()
     labels = torch.tensor([0, 2, 4])
-    loss_fn = SphereFace2Loss(
-        5, scale=8.0, margin=margin, margin_type=kind, bias_init=0.5
-    ).double()
+    loss_fn = SphereFace2Loss(5, SphereFace2Settings(margin_type=kind, scale=8.0), margin=margin, bias_init=0.5).double()
     assert torch.autograd.gradcheck(lambda c, b: _loss_with_bias(loss_fn, c, b, labels),
                                     (cos, loss_fn.bias.detach().clone().requires_grad_()))
 
 
 def _loss_with_bias(loss_fn, cos, bias, labels):
-    from sb_sphereface2.losses.sphereface2 import sphereface2_loss
+    from sb_sphereface2.losses.sphereface2 import plain_block_loss
 
-    return sphereface2_loss(cos, labels, bias, loss_fn.margin, loss_fn.scale, loss_fn.lambda_,
-                            loss_fn.t, loss_fn.margin_type, loss_fn.detach_adjustment)
+    return plain_block_loss(cos, labels, 0, bias, loss_fn.margin, loss_fn.settings, cos.shape[0])[0]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -141,7 +148,7 @@ def _loss_with_bias(loss_fn, cos, bias, labels):
 def test_finite_under_autocast_at_extremes(dtype, kind, margin):
     """Cosines exactly at +-1 and a large bias: loss and gradients stay finite."""
     head = SphereFace2Head(8, 6)
-    loss_fn = SphereFace2Loss(6, margin=margin, margin_type=kind, bias_init=15.0)
+    loss_fn = SphereFace2Loss(6, SphereFace2Settings(margin_type=kind), margin=margin, bias_init=15.0)
     emb = torch.randn(4, 8, requires_grad=True)
     with torch.autocast("cpu", dtype=dtype):
         cos = head(emb)
@@ -169,9 +176,9 @@ def test_finite_under_autocast_random_with_closed_form_bias(dtype):
 
 
 def test_closed_form_bias_worked_values():
-    assert closed_form_bias(17982, 32.0, 0.2) == pytest.approx(8.65, abs=0.005)
-    assert closed_form_bias(5994, 32.0, 0.2) == pytest.approx(9.75, abs=0.005)
-    loss_fn = SphereFace2Loss(17982, scale=32.0, margin=0.2)
+    assert closed_form_bias(17982, 0.2) == pytest.approx(8.65, abs=0.005)
+    assert closed_form_bias(5994, 0.2) == pytest.approx(9.75, abs=0.005)
+    loss_fn = SphereFace2Loss(17982, margin=0.2)
     assert loss_fn.bias.item() == pytest.approx(8.65, abs=0.005)
 
 
@@ -184,7 +191,7 @@ def test_closed_form_bias_balances_initial_loss(kind, margin):
     cos = torch.zeros(2, C, dtype=torch.float64)
     grads = []
     for bias_init in ("closed_form", 0.0):
-        loss_fn = SphereFace2Loss(C, margin=margin, margin_type=kind, bias_init=bias_init).double()
+        loss_fn = SphereFace2Loss(C, SphereFace2Settings(margin_type=kind), margin=margin, bias_init=bias_init).double()
         loss_fn(cos, torch.tensor([0, 1])).backward()
         grads.append(abs(loss_fn.bias.grad.item()))
     assert grads[0] < 1e-5
@@ -214,14 +221,26 @@ def test_head_matches_speechbrain_classifier_weights():
     torch.testing.assert_close(head(emb.squeeze(1)), classifier(emb))
 
 
-def test_training_logits():
-    """s * (c - m * onehot), the same for SphereFace2 and the AAM baseline."""
-    from sb_sphereface2 import AAMLoss
+@pytest.mark.parametrize("kind,final,ramp_start", [("C", 0.2, 1), ("C", 0.2, 20), ("A", 0.15, 1), ("M", 1.5, 20)])
+def test_margin_and_bias_at_the_start_are_the_schedules_value_at_iteration_0(kind, final, ramp_start):
+    """The one bias rule: the loss starts at the margin its schedule gives at iteration 0
+    (the final margin when the ramp is done before the first epoch) and takes the
+    closed-form bias there."""
+    initial = 1.0 if kind == "M" else 0.0
+    schedule = MarginScheduler(final_margin=final, initial_margin=initial, start_epoch=ramp_start,
+                               fix_epoch=ramp_start + (ramp_start > 1) * 20)
+    settings = SphereFace2Settings(margin_type=kind)
+    loss_fn = SphereFace2Loss(100, settings, margin_scheduler=schedule)
+    start = final if ramp_start == 1 else initial
+    assert loss_fn.margin == start
+    assert loss_fn.bias.item() == pytest.approx(closed_form_bias(100, start, settings), rel=1e-6)
 
-    cos = torch.tensor([[[0.5, 0.4, 0.0]]])
-    for loss_fn in (SphereFace2Loss(3, scale=10.0, margin=0.2), AAMLoss(3, scale=10.0, margin=0.2)):
-        out = loss_fn.training_logits(cos, torch.tensor([[0]]))
-        torch.testing.assert_close(out, torch.tensor([[[3.0, 4.0, 0.0]]]))
+
+def test_a_schedule_whose_margins_the_loss_refuses_is_an_error_when_built():
+    with pytest.raises(ValueError, match="margin_scheduler.final_margin: the type C margin must be >= 0"):
+        SphereFace2Loss(10, margin_scheduler=MarginScheduler(final_margin=-0.1, start_epoch=2, fix_epoch=3))
+    with pytest.raises(ValueError, match="margin_scheduler.initial_margin: the type M margin"):
+        SphereFace2Loss(10, SphereFace2Settings(margin_type="M"), margin_scheduler=MarginScheduler(final_margin=1.5))
 
 
 def test_margin_is_settable():
@@ -242,13 +261,15 @@ def test_margin_is_settable():
         (dict(num_classes=10, margin_type="X"), "margin_type"),
         (dict(num_classes=1), "num_classes"),
         (dict(num_classes=10, margin_type="M", margin=0.4), "multiplier"),
+        (dict(num_classes=10, margin=-0.1), "type C margin must be >= 0"),
         (dict(num_classes=10, margin=float("nan")), "finite"),
         (dict(num_classes=10, bias_init="zero"), "bias_init"),
     ],
 )
 def test_bad_hparams_raise(kwargs, needle):
+    fields = {k: kwargs.pop(k) for k in ("lambda_", "t", "margin_type") if k in kwargs}
     with pytest.raises(ValueError, match=needle):
-        SphereFace2Loss(**kwargs)
+        SphereFace2Loss(settings=SphereFace2Settings(**fields), **kwargs)
 
 
 def test_finite_cosines_whose_sum_overflows_pass_the_check():

@@ -17,13 +17,15 @@ embedding_model: !new:speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN
 classifier: !new:sb_sphereface2.SphereFace2Head
     input_size: !ref <emb_dim>
     out_neurons: !ref <n_classes>
-compute_cost: !new:sb_sphereface2.SphereFace2Loss
-    num_classes: !ref <n_classes>
-    margin_type: C
 margin_scheduler: !new:sb_sphereface2.MarginScheduler
     final_margin: 0.2
     start_epoch: 1
     fix_epoch: 2
+compute_cost: !new:sb_sphereface2.SphereFace2Loss
+    num_classes: !ref <n_classes>
+    settings: !new:sb_sphereface2.SphereFace2Settings
+        margin_type: C
+    margin_scheduler: !ref <margin_scheduler>
 modules:
     embedding_model: !ref <embedding_model>
     classifier: !ref <classifier>

@@ -32,7 +32,6 @@ import os
 import sys
 
 import speechbrain as sb
-import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.checkpoints import average_checkpoints
@@ -48,7 +47,6 @@ from sb_sphereface2.data.speed import speed_labels, training_speeds
 from sb_sphereface2.data.trials import read_trials
 from sb_sphereface2.files import remove_stale_temporaries, write_text_atomic
 from sb_sphereface2.hparams import HparamsError, compose_hparams_yaml, parse_overrides
-from sb_sphereface2.losses.margins import closed_form_bias
 from sb_sphereface2.pretrained.initialise import initialise_from_model_folder
 from sb_sphereface2.pretrained.folder import check_model_folder, inference_hparams_yaml, write_model_folder
 from sb_sphereface2.training.brain import SpeakerBrain
@@ -184,19 +182,6 @@ def init_encoder(hparams, source):
     logger.info("embedding model initialised from %s", path)
 
 
-def bias_at_starting_margin(hparams):
-    """The closed-form bias of a new SphereFace2 head, at the margin in force at the first
-    iteration (the margin schedule's value, not its final margin)."""
-    loss = hparams["compute_cost"]
-    start = hparams["margin_scheduler"](0, iterations_per_epoch=1)
-    loss.margin = start
-    if hasattr(loss, "bias") and hasattr(loss, "lambda_"):
-        bias = closed_form_bias(loss.num_classes, loss.scale, start, loss.lambda_, loss.t, loss.margin_type)
-        with torch.no_grad():
-            loss.bias.fill_(bias)
-        logger.info("SphereFace2 bias %.4f (closed form at the starting margin %g)", bias, start)
-
-
 def average_into_model_folder(brain, hparams, stage_file, overrides, num_classes, encoder_path):
     """Average the last epoch checkpoints and write the model folder (main process)."""
     from sb_sphereface2.pretrained.card import training_hparams_text
@@ -264,8 +249,6 @@ def main(argv):
     if settings.get("pretrained_model"):
         loaded = initialise_from_model_folder(hparams, settings["pretrained_model"])  # strict
         logger.info("initialised %s from %s", ", ".join(sorted(loaded)), settings["pretrained_model"])
-    else:
-        bias_at_starting_margin(hparams)
     if settings.get("init_encoder_from"):
         init_encoder(hparams, settings["init_encoder_from"])
 

@@ -31,7 +31,10 @@ from scipy.sparse import issparse
 from scipy.sparse.csgraph import laplacian
 from sklearn.cluster import AgglomerativeClustering, KMeans, SpectralClustering
 from sklearn.neighbors import kneighbors_graph
+import torch
 from tqdm import tqdm
+
+from sb_sphereface2.scoring.normalization import l2_normalize
 
 METHODS = ("ahc", "spectral", "kmeans")
 AUTO_PRUNE_STEPS = 8  # neighbour counts tried when tuning the affinity graph
@@ -64,17 +67,10 @@ def unit_rows(embeddings, center=True):
         raise ValueError(f"expected embeddings [N, D] with N >= 2, got shape {x.shape}")
     if not np.isfinite(x).all():
         raise ValueError("embeddings contain NaN or infinite values")
-    x = _normalise(x, "")
+    x = l2_normalize(x, dtype=torch.float64)
     if center:
-        x = _normalise(x - x.mean(axis=0, keepdims=True), " after centring")
-    return x
-
-
-def _normalise(x, when):
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise ValueError(f"embedding row {int(np.argmin(norms[:, 0]))} has zero norm{when}")
-    return x / norms
+        x = l2_normalize(x, mean=x.mean(dim=0), dtype=torch.float64)
+    return x.numpy()
 
 
 def neighbour_affinity(unit, neighbours):

@@ -28,20 +28,14 @@ from collections import defaultdict
 import numpy as np
 
 from sb_sphereface2.data.training_csv import read_training_csv, write_training_csv
-from sb_sphereface2.files import write_json_atomic
+from sb_sphereface2.files import sidecar_path, write_json_atomic
 
 MODES = ("merge", "split", "mixed")
 
 
 def report_path(out_csv):
-    """Path of the JSON report written beside ``out_csv``.
-
-    Example
-    -------
-    >>> report_path("data/train_noisy.csv")
-    'data/train_noisy.noise.json'
-    """
-    return os.path.splitext(out_csv)[0] + ".noise.json"
+    """Path of the JSON report written beside ``out_csv``: ``<name>.noise.json``."""
+    return sidecar_path(out_csv, "noise")
 
 
 def _round_half_up(value):

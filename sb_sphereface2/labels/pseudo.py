@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from sb_sphereface2.data.training_csv import read_training_csv, write_training_csv
-from sb_sphereface2.files import write_json_atomic
+from sb_sphereface2.files import sidecar_path, write_json_atomic
 from sb_sphereface2.labels.clustering import METHODS, cluster_embeddings, estimate_num_speakers
 from sb_sphereface2.labels.scores import clustering_scores
 from sb_sphereface2.scoring.embeddings_io import load_embeddings
@@ -88,14 +88,8 @@ def write_pseudo_label_csv(in_csv, ids, labels, out_csv, prefix="pseudo", speake
 
 
 def report_path(out_csv):
-    """Path of the JSON report written beside ``out_csv``.
-
-    Example
-    -------
-    >>> report_path("data/pseudo.csv")
-    'data/pseudo.clusters.json'
-    """
-    return os.path.splitext(out_csv)[0] + ".clusters.json"
+    """Path of the JSON report written beside ``out_csv``: ``<name>.clusters.json``."""
+    return sidecar_path(out_csv, "clusters")
 
 
 def pseudo_label(

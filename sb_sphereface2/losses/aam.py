@@ -3,14 +3,27 @@
 import torch
 from speechbrain.nnet.losses import AdditiveAngularMargin, LogSoftmaxWrapper
 
-from sb_sphereface2.losses.base import CosineMarginLoss, flatten_outputs
+from sb_sphereface2.losses.base import CosineMarginLoss, finite_margin, flatten_outputs
+
+
+def aam_margin(value):
+    """``value`` as a float if it is a valid AAM margin, an angle in [0, 1.5) radians.
+
+    Example
+    -------
+    >>> aam_margin(0.2)
+    0.2
+    """
+    value = finite_margin(value)
+    if not 0 <= value < 1.5:
+        raise ValueError(f"the AAM margin must be in [0, 1.5) radians, got {value:g}")
+    return value
 
 
 class AAMLoss(CosineMarginLoss):
     """SpeechBrain's ``LogSoftmaxWrapper(AdditiveAngularMargin)`` with a margin that can
-    change during training (for ``MarginScheduler``) and the same ``forward`` /
-    ``training_logits`` interface as ``SphereFace2Loss``, so recipes switch losses by
-    one line.
+    change during training (for ``MarginScheduler``) and the same constructor shape and
+    ``forward`` as ``SphereFace2Loss``, so recipes switch losses by one line.
 
     Arguments
     ---------
@@ -19,7 +32,10 @@ class AAMLoss(CosineMarginLoss):
     scale : float
         Scale s.
     margin : float
-        Additive angular margin m; settable as ``loss.margin``.
+        Additive angular margin m at the start, when no ``margin_scheduler`` is given;
+        settable as ``loss.margin``.
+    margin_scheduler : MarginScheduler, optional
+        The schedule that will move the margin (as in ``SphereFace2Loss``).
     easy_margin : bool
         As in SpeechBrain's ``AdditiveAngularMargin``.
 
@@ -38,16 +54,16 @@ class AAMLoss(CosineMarginLoss):
     True
     """
 
-    def __init__(self, num_classes, scale=32.0, margin=0.2, easy_margin=False):
-        super().__init__(num_classes, scale)
-        self.easy_margin = easy_margin
-        self.margin = margin
+    last_terms = None  # SphereFace2's loss parts have no AAM counterpart
 
-    def check_margin(self, value):
-        value = float(value)
-        if not 0 <= value < 1.5:
-            raise ValueError(f"AAM margin must be in [0, 1.5) radians, got {value}")
-        return value
+    def __init__(self, num_classes, scale=32.0, margin=0.2, margin_scheduler=None, easy_margin=False):
+        self.easy_margin = easy_margin
+        super().__init__(num_classes, scale, margin, margin_scheduler)
+
+    @classmethod
+    def margin_rule(cls, settings=None):
+        """The one rule of an AAM margin: an angle in [0, 1.5) radians."""
+        return aam_margin
 
     def forward(self, outputs, targets, length=None):
         """Loss for cosines [B, 1, C] or [B, C] and labels [B, 1] or [B]."""

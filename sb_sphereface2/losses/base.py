@@ -1,9 +1,68 @@
-"""What every loss on the cosines of a cosine head shares: the SpeechBrain input check,
-the margin as a run-time setting, and the logits of the training-accuracy meter."""
+"""What every loss on the cosines of a cosine head shares: the SpeechBrain input checks
+and the margin as a run-time setting that starts where the margin schedule starts."""
 
 import math
 
 import torch
+
+
+def as_cosines(outputs, rows, columns, where=""):
+    """Cosines [rows, 1, columns] or [rows, columns] as [rows, columns]; half precision
+    promoted to float32, float64 kept. ``rows`` None accepts any batch size.
+
+    Example
+    -------
+    >>> as_cosines(torch.zeros(4, 1, 3, dtype=torch.float16), None, 3).dtype
+    torch.float32
+    """
+    if outputs.dim() == 3 and outputs.shape[1] == 1:
+        outputs = outputs.squeeze(1)
+    if outputs.dim() != 2 or outputs.shape[1] != columns or (rows is not None and outputs.shape[0] != rows):
+        shown = "B" if rows is None else str(rows)
+        raise ValueError(
+            f"expected cosines of shape [{shown}, 1, {columns}] or [{shown}, {columns}]{where}, "
+            f"got {tuple(outputs.shape)}"
+        )
+    return outputs if outputs.dtype == torch.float64 else outputs.float()
+
+
+def as_labels(targets, rows=None):
+    """Integer labels [rows, 1] or [rows] as [rows] long (``rows`` None: any number).
+
+    Example
+    -------
+    >>> as_labels(torch.tensor([[0], [2]]), 2).tolist()
+    [0, 2]
+    """
+    if targets.dim() == 2 and targets.shape[1] == 1:
+        targets = targets.squeeze(1)
+    if targets.dim() != 1 or (rows is not None and targets.shape[0] != rows):
+        shown = "B" if rows is None else str(rows)
+        raise ValueError(f"expected labels of shape [{shown}] or [{shown}, 1], got {tuple(targets.shape)}")
+    if targets.dtype.is_floating_point:
+        raise ValueError(f"labels must be integers, got dtype {targets.dtype}")
+    return targets.long()
+
+
+def check_values(cos, labels, num_classes):
+    """Finite cosines and labels in [0, num_classes), with one host synchronisation.
+
+    Example
+    -------
+    >>> check_values(torch.zeros(2, 3), torch.tensor([0, 3]), 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: labels must be in [0, 2], found 3
+    """
+    # The sum is finite unless an element is not (or finite ones overflow it: then the
+    # exact check below finds none bad); a sum costs a tenth of isfinite's passes.
+    low, high, total = torch.stack([labels.min().double(), labels.max().double(), cos.sum().double()]).tolist()
+    if not math.isfinite(total):
+        bad = cos[~torch.isfinite(cos)]
+        if bad.numel():
+            raise ValueError(f"cosines must be finite, found {bad[0].item()}")
+    if low < 0 or high >= num_classes:
+        raise ValueError(f"labels must be in [0, {num_classes - 1}], found {int(low if low < 0 else high)}")
 
 
 def flatten_outputs(outputs, targets, num_classes):
@@ -19,61 +78,49 @@ def flatten_outputs(outputs, targets, num_classes):
     >>> cos.shape, y.tolist()
     (torch.Size([4, 3]), [0, 1, 2, 0])
     """
-    if outputs.dim() == 3 and outputs.shape[1] == 1:
-        outputs = outputs.squeeze(1)
-    if outputs.dim() != 2 or outputs.shape[1] != num_classes:
-        raise ValueError(
-            f"expected cosines of shape [B, 1, {num_classes}] or [B, {num_classes}], "
-            f"got {tuple(outputs.shape)}"
-        )
-    if targets.dim() == 2 and targets.shape[1] == 1:
-        targets = targets.squeeze(1)
-    if targets.dim() != 1 or targets.shape[0] != outputs.shape[0]:
-        raise ValueError(
-            f"expected labels of shape [{outputs.shape[0]}] or [{outputs.shape[0]}, 1], "
-            f"got {tuple(targets.shape)}"
-        )
-    if targets.dtype.is_floating_point:
-        raise ValueError(f"labels must be integers, got dtype {targets.dtype}")
-    cos = outputs if outputs.dtype == torch.float64 else outputs.float()
-    targets = targets.long()
-    # One host synchronisation for the three checks. The sum is finite unless an element
-    # is not (or finite ones overflow it: then the exact check below finds none bad); a
-    # sum costs a tenth of isfinite's passes over [B, C].
-    low, high, total = torch.stack(
-        [targets.min().double(), targets.max().double(), cos.sum().double()]
-    ).tolist()
-    if not math.isfinite(total):
-        bad = cos[~torch.isfinite(cos)]
-        if bad.numel():
-            raise ValueError(f"cosines must be finite, found {bad[0].item()}")
-    if low < 0 or high >= num_classes:
-        raise ValueError(
-            f"labels must be in [0, {num_classes - 1}], found {int(low if low < 0 else high)}"
-        )
-    return cos, targets
+    cos = as_cosines(outputs, None, num_classes)
+    labels = as_labels(targets, cos.shape[0])
+    check_values(cos, labels, num_classes)
+    return cos, labels
 
 
-def margin_logits(cos, labels, scale, margin, start=0):
-    """s * (c - m * onehot): the logits of the training-accuracy meter.
-
-    Column k of ``cos`` is class ``start + k``; labels outside the block get no margin.
+def finite_number(name, value):
+    """``value`` as a finite float; a ValueError naming ``name`` otherwise.
 
     Example
     -------
-    >>> margin_logits(torch.tensor([[0.5, 0.4, 0.0]]), torch.tensor([0]), 10.0, 0.2)
-    tensor([[3., 4., 0.]])
+    >>> finite_number("margin", "0.2")
+    0.2
+    >>> finite_number("scale", True)
+    Traceback (most recent call last):
+    ...
+    ValueError: scale must be a number, got True
     """
-    column = torch.arange(cos.shape[1], device=cos.device)
-    onehot = (column == (labels - start).unsqueeze(1)).to(cos.dtype)
-    return scale * (cos - margin * onehot)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def finite_margin(value):
+    """The margin rule every loss shares: a finite number (as a float)."""
+    return finite_number("margin", value)
 
 
 class CosineMarginLoss(torch.nn.Module):
     """Base of the losses on the cosines of a cosine head (``SphereFace2Loss``,
-    ``AAMLoss``): the number of classes, the scale, a margin settable at run time
-    (``MarginScheduler`` sets ``loss.margin``; subclasses validate it in
-    ``check_margin``) and ``training_logits``.
+    ``AAMLoss``): the number of classes, the scale and a margin settable at run time
+    (``MarginScheduler`` sets ``loss.margin``), validated by the loss's one rule,
+    ``check_margin``.
+
+    Given the ``margin_scheduler`` that will move it, the margin at the start is the
+    schedule's value at iteration 0 (what the loss is initialised for), and every margin
+    the schedule can reach is checked here, when the loss is built.
 
     Arguments
     ---------
@@ -81,16 +128,20 @@ class CosineMarginLoss(torch.nn.Module):
         Number of classes C (>= 2).
     scale : float
         Scale s (> 0).
+    margin : float
+        The margin at the start when there is no ``margin_scheduler``.
+    margin_scheduler : MarginScheduler, optional
+        The margin schedule of the run.
 
     Example
     -------
-    >>> loss = CosineMarginLoss(3, scale=10.0)
-    >>> loss.margin = 0.2
-    >>> loss.training_logits(torch.tensor([[[0.5, 0.4, 0.0]]]), torch.tensor([[0]]))
-    tensor([[[3., 4., 0.]]])
+    >>> loss = CosineMarginLoss(3, scale=10.0, margin=0.2)
+    >>> loss.margin = 0.3
+    >>> loss.margin
+    0.3
     """
 
-    def __init__(self, num_classes, scale):
+    def __init__(self, num_classes, scale, margin=0.2, margin_scheduler=None):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
@@ -98,10 +149,25 @@ class CosineMarginLoss(torch.nn.Module):
             raise ValueError(f"scale must be > 0, got {scale}")
         self.num_classes = num_classes
         self.scale = float(scale)
+        if margin_scheduler is not None:
+            for name in ("initial_margin", "final_margin"):
+                try:
+                    self.check_margin(getattr(margin_scheduler, name))
+                except ValueError as error:
+                    raise ValueError(f"margin_scheduler.{name}: {error}") from None
+            margin = margin_scheduler(0, iterations_per_epoch=1)
+        self.margin = margin
+
+    @classmethod
+    def margin_rule(cls, settings=None):
+        """The function that checks a margin of this loss class (given the loss's settings
+        object where it has one) and returns it as a float: the loss's one margin rule,
+        which the recipe's settings check also asks."""
+        return finite_margin
 
     def check_margin(self, value):
         """The margin as a float; ValueError if it is not valid for this loss."""
-        return float(value)
+        return self.margin_rule(getattr(self, "settings", None))(value)
 
     @property
     def margin(self):
@@ -111,8 +177,3 @@ class CosineMarginLoss(torch.nn.Module):
     @margin.setter
     def margin(self, value):
         self._margin = self.check_margin(value)
-
-    def training_logits(self, outputs, targets):
-        """Logits for the training-accuracy meter: s * (c - m * onehot), shaped like ``outputs``."""
-        cos, labels = flatten_outputs(outputs, targets, self.num_classes)
-        return margin_logits(cos, labels, self.scale, self.margin).reshape(outputs.shape)

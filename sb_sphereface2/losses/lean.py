@@ -23,7 +23,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sb_sphereface2.losses.margins import MARGIN_TYPES
 from sb_sphereface2.losses.negatives import (
     compile_wanted,
     compiled_negative_terms,
@@ -61,17 +60,16 @@ def _graph_is_freed_after_backward():
         return False
 
 
-def _positive_terms(cos_target, here, bias, margin, scale, weight, t, margin_type,
-                    detach_adjustment, need_cos_grad, need_bias_grad):
+def _positive_terms(cos_target, here, bias, margin, settings, weight, need_cos_grad, need_bias_grad):
     """Sum of softplus(-z+) over the samples whose target is ``here``, and the gradients
     of ``weight`` times it (autograd through the functions of ``margins``: B values)."""
     with torch.enable_grad():
         ct = cos_target.detach().requires_grad_(need_cos_grad)
         b = bias.detach().requires_grad_(need_bias_grad)
-        pos, _ = MARGIN_TYPES[margin_type](ct, ct.new_empty(0), margin, t)
-        if detach_adjustment:
+        pos, _ = settings.similarities(ct, ct.new_empty(0), margin)
+        if settings.detach_adjustment:
             pos = ct + (pos - ct).detach()
-        loss = torch.where(here, F.softplus(-(scale * pos + b)), 0.0).sum()
+        loss = torch.where(here, F.softplus(-(settings.scale * pos + b)), 0.0).sum()
         wrt = [x for x in (ct, b) if x.requires_grad]
         grads = list(torch.autograd.grad(loss * weight, wrt)) if wrt else []
     grad_ct = grads.pop(0) if need_cos_grad else None
@@ -80,13 +78,16 @@ def _positive_terms(cos_target, here, bias, margin, scale, weight, t, margin_typ
 
 
 class _LeanBlockLoss(torch.autograd.Function):
-    """Loss and its gradients in the forward pass; backward scales the saved gradient."""
+    """Loss and its gradients in the forward pass; backward scales the saved gradient.
+
+    Returns the loss and its ``terms`` (not differentiable): [positive part, negative
+    part, number of active negative classifiers]."""
 
     @staticmethod
-    def forward(ctx, cos, targets, start, bias, margin, scale, lambda_, t, margin_type,
-                detach_adjustment, normaliser, chunk_columns, derivative):
+    def forward(ctx, cos, bias, targets, start, margin, settings, normaliser, chunk_columns, derivative):
         num_classes = cos.shape[1]
-        need_cos_grad, need_bias_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
+        need_cos_grad, need_bias_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        lambda_, scale = settings.lambda_, settings.scale
         bias = bias.to(cos.dtype)
         local = targets - start
         here = (local >= 0) & (local < num_classes)
@@ -94,13 +95,13 @@ class _LeanBlockLoss(torch.autograd.Function):
 
         # --- positives: at most B values, differentiated by autograd.
         pos_loss, grad_ct, grad_bias_pos = _positive_terms(
-            cos.gather(1, index).squeeze(1), here, bias, margin, scale, lambda_ / normaliser, t,
-            margin_type, detach_adjustment, need_cos_grad, need_bias_grad,
+            cos.gather(1, index).squeeze(1), here, bias, margin, settings, lambda_ / normaliser,
+            need_cos_grad, need_bias_grad,
         )
 
         # --- negatives: chunk by chunk, loss and gradient together.
         neg_weight = (1 - lambda_) / normaliser
-        const = bias + scale * margin if margin_type == "C" else bias
+        const = bias + scale * margin if settings.margin_type == "C" else bias
         cos_m = cos.new_tensor(math.cos(margin))
         sin_m = cos.new_tensor(math.sin(margin))
         slope_factor = cos.new_tensor(neg_weight)
@@ -109,39 +110,42 @@ class _LeanBlockLoss(torch.autograd.Function):
             chunk_columns = default_chunk_columns(cos.shape[0], cos.device.type, compiled)
         if derivative == "autograd":
             def terms(c, local_targets, out):
-                results = negative_terms_autograd(c, local_targets, bias, margin, scale, t,
-                                                   margin_type, detach_adjustment, neg_weight)
+                results = negative_terms_autograd(c, local_targets, bias, margin, settings, neg_weight)
                 if out is not None:
-                    out.copy_(results[2])
+                    out.copy_(results[3])
                 return results
         else:
             run = compiled_negative_terms if compiled else negative_terms
 
             def terms(c, local_targets, out):
-                return run(c, local_targets, const, cos_m, sin_m, slope_factor, scale, t,
-                           margin_type, detach_adjustment, need_bias_grad, need_cos_grad, out)
+                return run(c, local_targets, const, cos_m, sin_m, slope_factor, settings,
+                           need_bias_grad, need_cos_grad, out)
         grad_cos = torch.empty_like(cos) if need_cos_grad else None
         neg_loss = cos.new_zeros(())
+        active = cos.new_zeros(())
         sig_total = cos.new_zeros(())
         for first in range(0, num_classes, chunk_columns):
             last = min(first + chunk_columns, num_classes)
             out = grad_cos[:, first:last] if need_cos_grad else None
-            softplus_sum, sigmoid_sum, _ = terms(cos[:, first:last], local - first, out)
+            softplus_sum, active_sum, sigmoid_sum, _ = terms(cos[:, first:last], local - first, out)
             neg_loss += softplus_sum
+            active += active_sum
             if need_bias_grad:
                 sig_total += sigmoid_sum
 
         loss = (lambda_ * pos_loss + (1 - lambda_) * neg_loss) / normaliser
+        parts = torch.stack([lambda_ * pos_loss / normaliser, (1 - lambda_) * neg_loss / normaliser, active])
         if need_cos_grad:
             kept = grad_cos.gather(1, index).squeeze(1)  # rows whose target is elsewhere
             grad_cos.scatter_(1, index, torch.where(here, grad_ct, kept).unsqueeze(1))
         grad_bias = grad_bias_pos + neg_weight * sig_total if need_bias_grad else None
         ctx.save_for_backward(grad_cos, grad_bias)
-        return loss
+        ctx.mark_non_differentiable(parts)
+        return loss, parts
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output):
+    def backward(ctx, grad_output, _grad_parts):
         grad_cos, grad_bias = ctx.saved_tensors
         unit = grad_output.device.type == "cpu" and grad_output.item() == 1.0
         if grad_cos is not None and not unit:  # (loss.backward(): no pass over [B, C])
@@ -151,14 +155,13 @@ class _LeanBlockLoss(torch.autograd.Function):
                 grad_cos = grad_cos.mul_(grad_output)
             else:
                 grad_cos = grad_cos * grad_output
-        return (
-            grad_cos, None, None,
-            grad_bias * grad_output if grad_bias is not None else None,
-        ) + (None,) * 9
+        grad_bias = grad_bias * grad_output if grad_bias is not None else None
+        # One gradient per input of forward: cos and bias are differentiable.
+        return grad_cos, grad_bias, None, None, None, None, None, None, None
 
 
-def lean_block_loss(cos, targets, start, bias, margin, scale, lambda_, t, margin_type,
-                    detach_adjustment, normaliser, chunk_columns=None, derivative="analytic"):
+def lean_block_loss(cos, targets, start, bias, margin, settings, normaliser, chunk_columns=None,
+                    derivative="analytic"):
     """The SphereFace2 loss terms of the classes [start, start + K), chunk by chunk.
 
     Same arguments and value as ``sphereface2.class_block_loss``; first-order gradients
@@ -176,12 +179,10 @@ def lean_block_loss(cos, targets, start, bias, margin, scale, lambda_, t, margin
         Class of column 0.
     bias : torch.Tensor
         0-d bias b.
-    margin, scale, lambda_, t : float
-        As in ``SphereFace2Loss``.
-    margin_type : str
-        "C", "A" or "M".
-    detach_adjustment : bool
-        As in ``SphereFace2Loss``.
+    margin : float
+        The margin in force.
+    settings : SphereFace2Settings
+        Margin type, scale, lambda, t, detach.
     normaliser : float
         The sum of the terms is divided by it (B for the batch mean).
     chunk_columns : int or None
@@ -192,17 +193,19 @@ def lean_block_loss(cos, targets, start, bias, margin, scale, lambda_, t, margin
 
     Returns
     -------
-    torch.Tensor
-        The scalar loss.
+    tuple
+        The scalar loss and its terms ([3], not differentiable: the positive part, the
+        negative part, the number of negative logits above 0).
 
     Example
     -------
+    >>> from sb_sphereface2.losses.margins import SphereFace2Settings
     >>> cos, y = torch.tensor([[0.9, -0.1, 0.2], [0.3, 0.5, -0.7]]), torch.tensor([0, 2])
-    >>> args = (torch.tensor(1.0), 0.2, 32.0, 0.7, 3.0, "C", False, 2)
-    >>> whole = lean_block_loss(cos, y, 0, *args)
-    >>> parts = lean_block_loss(cos[:, :2], y, 0, *args) + lean_block_loss(cos[:, 2:], y, 2, *args)
-    >>> torch.allclose(whole, parts)
-    True
+    >>> args = (torch.tensor(1.0), 0.2, SphereFace2Settings(), 2)
+    >>> whole, terms = lean_block_loss(cos, y, 0, *args)
+    >>> parts = lean_block_loss(cos[:, :2], y, 0, *args)[0] + lean_block_loss(cos[:, 2:], y, 2, *args)[0]
+    >>> torch.allclose(whole, parts), torch.allclose(terms[:2].sum(), whole)
+    (True, True)
     """
     if cos.dim() != 2:
         raise ValueError(f"expected cosines [B, C], got shape {tuple(cos.shape)}")
@@ -215,28 +218,5 @@ def lean_block_loss(cos, targets, start, bias, margin, scale, lambda_, t, margin
     if cos.dtype in (torch.float16, torch.bfloat16):
         cos = cos.float()  # differentiable: the gradient comes back in half precision
     with torch.autocast(device_type=cos.device.type, enabled=False):
-        return _LeanBlockLoss.apply(
-            cos, targets, int(start), bias, float(margin), float(scale), float(lambda_),
-            float(t), margin_type, bool(detach_adjustment), float(normaliser), chunk_columns,
-            derivative,
-        )
-
-
-def lean_sphereface2_loss(cos, targets, bias, margin, scale, lambda_, t, margin_type,
-                          detach_adjustment, chunk_columns=None, derivative="analytic"):
-    """The SphereFace2 loss of all classes, mean over the batch: ``lean_block_loss``
-    of the block [0, C) divided by B (the arguments of ``sphereface2.sphereface2_loss``).
-
-    Example
-    -------
-    With zero cosines, t = 1, no margin and no bias every logit is 0: the loss is
-    (0.7 + 0.3 (C - 1)) log 2 = 0.901091 for C = 3.
-
-    >>> args = (torch.tensor([0, 2]), torch.tensor(0.0), 0.0, 32.0, 0.7, 1.0, "C", False)
-    >>> round(lean_sphereface2_loss(torch.zeros(2, 3), *args, chunk_columns=2).item(), 6)
-    0.901091
-    """
-    if cos.dim() != 2:
-        raise ValueError(f"expected cosines [B, C], got shape {tuple(cos.shape)}")
-    return lean_block_loss(cos, targets, 0, bias, margin, scale, lambda_, t, margin_type,
-                           detach_adjustment, cos.shape[0], chunk_columns, derivative)
+        return _LeanBlockLoss.apply(cos, bias, targets, int(start), float(margin), settings,
+                                    float(normaliser), chunk_columns, derivative)

@@ -4,6 +4,8 @@
 * ``additive_cosine`` (type C), ``additive_angular`` (type A) and
   ``multiplicative_angular`` (type M) map the target-class cosines and all cosines to
   the adjusted similarities of the positive and the negative binary classifiers;
+* ``SphereFace2Settings`` is one configuration (margin type, scale, lambda, t, detach)
+  with the one rule of a valid margin for its type;
 * ``closed_form_bias`` is the bias that balances the initial loss.
 
 For sample i with label y_i the logits are z = s * sim + b and the loss is
@@ -18,8 +20,11 @@ Speaker Verification", ICASSP 2023 (types C and A for speakers, s = 32, lambda =
 
 
 import math
+from dataclasses import dataclass
 
 import torch
+
+from sb_sphereface2.losses.base import finite_number
 
 # Clamp distance from +-1 where sqrt(1 - c^2) or acos(c) meets its infinite slope.
 _EPS = 1e-6
@@ -169,28 +174,80 @@ MARGIN_TYPES = {
 }
 
 
-def check_margin(margin, margin_type):
-    """Raise ValueError when ``margin`` is not valid for ``margin_type``; return it as float.
+@dataclass(frozen=True)
+class SphereFace2Settings:
+    """One SphereFace2 configuration: what the loss, its kernels and the bias need besides
+    the margin (which a ``MarginScheduler`` moves during training).
+
+    Arguments
+    ---------
+    margin_type : str
+        "C" (additive cosine), "A" (additive angular) or "M" (multiplicative angular).
+    scale : float
+        Scale s of the logits (> 0).
+    lambda_ : float
+        Weight of the positive term, in (0, 1); 1 - lambda_ weighs the negatives.
+    t : float
+        Exponent of the similarity adjustment g, t >= 1 (1 turns it off).
+    detach_adjustment : bool
+        If True, g and the margin are a detached offset (original SphereFace2); the
+        default differentiates through them (speaker-verification paper).
 
     Example
     -------
-    >>> check_margin(0.2, "C")
-    0.2
+    >>> settings = SphereFace2Settings(margin_type="A")
+    >>> settings.check_margin(0.15)
+    0.15
+    >>> settings.check_margin(-0.1)
+    Traceback (most recent call last):
+    ...
+    ValueError: the type A margin must be in [0, pi) radians, got -0.1
     """
-    try:
-        margin = float(margin)
-    except (TypeError, ValueError):
-        raise ValueError(f"margin must be a number, got {margin!r}") from None
-    if not math.isfinite(margin):
-        raise ValueError(f"margin must be finite, got {margin}")
-    if margin_type == "A" and not 0 <= margin < math.pi:
-        raise ValueError(f"type A margin must be in [0, pi) radians, got {margin}")
-    if margin_type == "M" and margin < 1:
-        raise ValueError(f"type M margin is a multiplier and must be >= 1, got {margin}")
-    return margin
+
+    margin_type: str = "C"
+    scale: float = 32.0
+    lambda_: float = 0.7
+    t: float = 3.0
+    detach_adjustment: bool = False
+
+    def __post_init__(self):
+        if self.margin_type not in MARGIN_TYPES:
+            raise ValueError(f"margin_type must be one of C, A, M, got {self.margin_type!r}")
+        for name, low, high in (("scale", 0.0, math.inf), ("lambda_", 0.0, 1.0)):
+            value = finite_number(name, getattr(self, name))
+            if not low < value < high:
+                bounds = f"> {low:g}" if high == math.inf else f"in ({low:g}, {high:g})"
+                raise ValueError(f"{name} must be {bounds}, got {value:g}")
+            object.__setattr__(self, name, value)
+        t = finite_number("t", self.t)
+        if not t >= 1:
+            raise ValueError(f"t must be >= 1, got {t:g}")
+        object.__setattr__(self, "t", t)
+        object.__setattr__(self, "detach_adjustment", bool(self.detach_adjustment))
+
+    def check_margin(self, margin):
+        """``margin`` as a float if it is valid for this margin type; ValueError otherwise.
+
+        The one rule of a SphereFace2 margin: type C an additive cosine margin >= 0,
+        type A an angle in [0, pi), type M an angle multiplier >= 1 (1: no margin).
+        """
+        margin = finite_number("margin", margin)
+        allowed = {
+            "C": (margin >= 0, "the type C margin must be >= 0"),
+            "A": (0 <= margin < math.pi, "the type A margin must be in [0, pi) radians"),
+            "M": (margin >= 1, "the type M margin is an angle multiplier and must be >= 1"),
+        }
+        ok, rule = allowed[self.margin_type]
+        if not ok:
+            raise ValueError(f"{rule}, got {margin:g}")
+        return margin
+
+    def similarities(self, cos_target, cos_all, margin):
+        """The adjusted similarities (positive [B], negative [B, C]) of this margin type."""
+        return MARGIN_TYPES[self.margin_type](cos_target, cos_all, margin, self.t)
 
 
-def closed_form_bias(num_classes, scale=32.0, margin=0.2, lambda_=0.7, t=3.0, margin_type="C"):
+def closed_form_bias(num_classes, margin, settings=SphereFace2Settings()):
     """The bias b that balances the initial loss (original SphereFace2 initialisation).
 
     At initialisation all cosines are near 0; with a_y and a_n the scaled positive and
@@ -198,14 +255,17 @@ def closed_form_bias(num_classes, scale=32.0, margin=0.2, lambda_=0.7, t=3.0, ma
 
         b = log(2z) - a_n - log(1 - z + sqrt((1 - z)^2 + 4z exp(a_y - a_n)))
 
+    The loss computes it at the margin in force at its first iteration
+    (``SphereFace2Loss``: the margin scheduler's value at iteration 0).
+
     Arguments
     ---------
     num_classes : int
         Number of classes C.
-    scale, margin, lambda_, t : float
-        As in ``SphereFace2Loss``.
-    margin_type : str
-        "C", "A" or "M".
+    margin : float
+        The margin in force when training starts.
+    settings : SphereFace2Settings
+        Scale, lambda, t and margin type.
 
     Returns
     -------
@@ -214,14 +274,14 @@ def closed_form_bias(num_classes, scale=32.0, margin=0.2, lambda_=0.7, t=3.0, ma
 
     Example
     -------
-    >>> round(closed_form_bias(17982, scale=32.0, margin=0.2), 2)
+    >>> round(closed_form_bias(17982, 0.2), 2)
     8.65
-    >>> round(closed_form_bias(5994, scale=32.0, margin=0.2), 2)
+    >>> round(closed_form_bias(5994, 0.2), 2)
     9.75
     """
     zero = torch.zeros(1, dtype=torch.float64)
-    pos, neg = MARGIN_TYPES[margin_type](zero, zero[None], margin, t)
-    a_y, a_n = scale * pos.item(), scale * neg.item()
-    z = lambda_ / ((1 - lambda_) * (num_classes - 1))
+    pos, neg = settings.similarities(zero, zero[None], settings.check_margin(margin))
+    a_y, a_n = settings.scale * pos.item(), settings.scale * neg.item()
+    z = settings.lambda_ / ((1 - settings.lambda_) * (num_classes - 1))
     root = math.sqrt((1 - z) ** 2 + 4 * z * math.exp(a_y - a_n))
     return math.log(2 * z) - a_n - math.log(1 - z + root)

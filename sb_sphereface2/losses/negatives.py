@@ -24,7 +24,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from sb_sphereface2.losses.margins import _EPS, MARGIN_TYPES
+from sb_sphereface2.losses.margins import _EPS
 
 logger = logging.getLogger(__name__)
 
@@ -56,15 +56,16 @@ def _log1p_of_small(x):
     return torch.log(v) - ((v - 1) - x) / v
 
 
-def negative_terms(c, local_targets, const, cos_m, sin_m, slope_factor, scale, t,
-                   margin_type, detach_adjustment, need_sigmoid_sum, need_slope, out=None):
+def negative_terms(c, local_targets, const, cos_m, sin_m, slope_factor, settings,
+                   need_sigmoid_sum, need_slope, out=None):
     """The negative binary classifiers of one chunk of classes: their loss and gradient.
 
     Column k of ``c`` is a class; row i's target class, if it is in the chunk, is column
     ``local_targets[i]`` and is skipped (it is a positive). With z = scale * h(c) + bias
-    the negative logits (h: g and the margin of ``margin_type``), this returns the sum
-    of softplus(z), the sum of sigmoid(z) (the bias gradient, up to a factor) and
-    sigmoid(z) * ``slope_factor`` * dz/dc (the cosine gradient).
+    the negative logits (h: g and the margin of the margin type), this returns the sum
+    of softplus(z), the number of z > 0 (active negative classifiers), the sum of
+    sigmoid(z) (the bias gradient, up to a factor) and sigmoid(z) * ``slope_factor`` *
+    dz/dc (the cosine gradient).
 
     Arguments
     ---------
@@ -78,12 +79,9 @@ def negative_terms(c, local_targets, const, cos_m, sin_m, slope_factor, scale, t
         0-d: cos and sin of the margin (type A only).
     slope_factor : torch.Tensor
         0-d factor of the gradient (the weight of the negatives in the loss).
-    scale, t : float
-        Scale and similarity-adjustment exponent.
-    margin_type : str
-        "C", "A" or "M".
-    detach_adjustment : bool
-        If True the gradient is that of scale * c (g and the margin a constant offset).
+    settings : SphereFace2Settings
+        Scale, t, margin type; with ``detach_adjustment`` the gradient is that of
+        scale * c (g and the margin a constant offset).
     need_sigmoid_sum, need_slope : bool
         Which of the last two outputs to compute (None otherwise).
     out : torch.Tensor or None
@@ -92,19 +90,23 @@ def negative_terms(c, local_targets, const, cos_m, sin_m, slope_factor, scale, t
     Returns
     -------
     tuple
-        (sum of softplus(z), sum of sigmoid(z) or None, gradient [B, K] or None).
+        (sum of softplus(z), number of z > 0, sum of sigmoid(z) or None, gradient [B, K]
+        or None).
 
     Example
     -------
+    >>> from sb_sphereface2.losses.margins import SphereFace2Settings
     >>> c = torch.tensor([[0.5, -0.5]])
     >>> one, zero = torch.tensor(1.0), torch.tensor(0.0)
-    >>> loss, sig, grad = negative_terms(c, torch.tensor([1]), zero, one, zero, one,
-    ...                                  2.0, 1.0, "M", False, True, True)
-    >>> round(loss.item(), 4), round(sig.item(), 4), grad.tolist()
-    (1.3133, 0.7311, [[1.4621171951293945, 0.0]])
+    >>> settings = SphereFace2Settings(margin_type="M", scale=2.0, t=1.0)
+    >>> loss, active, sig, grad = negative_terms(c, torch.tensor([1]), zero, one, zero, one,
+    ...                                          settings, True, True)
+    >>> round(loss.item(), 4), active.item(), round(sig.item(), 4), grad.tolist()
+    (1.3133, 1, 0.7311, [[1.4621171951293945, 0.0]])
     """
+    scale, t, margin_type = settings.scale, settings.t, settings.margin_type
     # Written without in-place operations: compiled, it becomes one loop per row.
-    slope_wanted = need_slope and not detach_adjustment
+    slope_wanted = need_slope and not settings.detach_adjustment
     dv = None  # dv/dc where it is not 1
     if margin_type == "A":
         # autograd's clamp passes no gradient at its bounds: mirror that exactly
@@ -148,15 +150,16 @@ def negative_terms(c, local_targets, const, cos_m, sin_m, slope_factor, scale, t
     if exact_threshold:
         terms = torch.where(z > _SOFTPLUS_THRESHOLD, z, terms)
     softplus_sum = terms.sum(1).sum()
+    active = (z > 0).sum(1).sum()
     if not (need_sigmoid_sum or need_slope):
-        return softplus_sum, None, None
+        return softplus_sum, active, None, None
     sig = torch.sigmoid(z)
     if exact_threshold:
         sig = torch.where(z > _SOFTPLUS_THRESHOLD, 1.0, sig)
     sigmoid_sum = sig.sum(1).sum() if need_sigmoid_sum else None
     if not need_slope:
-        return softplus_sum, sigmoid_sum, None
-    return softplus_sum, sigmoid_sum, torch.mul(sig, slope, out=out)
+        return softplus_sum, active, sigmoid_sum, None
+    return softplus_sum, active, sigmoid_sum, torch.mul(sig, slope, out=out)
 
 
 def _mask_targets(z, local_targets, in_place=True):
@@ -173,22 +176,21 @@ def _mask_targets(z, local_targets, in_place=True):
     return z.scatter_(1, index, torch.where(here.unsqueeze(1), -math.inf, z.gather(1, index)))
 
 
-def negative_terms_autograd(c, local_targets, bias, margin, scale, t, margin_type,
-                             detach_adjustment, slope_factor):
-    """The outputs of ``negative_terms`` (all three) through the plain functions of
+def negative_terms_autograd(c, local_targets, bias, margin, settings, slope_factor):
+    """The outputs of ``negative_terms`` (all four) through the plain functions of
     ``margins``, differentiated by autograd; ``bias`` and ``margin`` as in the loss,
     ``slope_factor`` a float."""
     with torch.enable_grad():
         leaf = c.detach().requires_grad_()
-        _, neg = MARGIN_TYPES[margin_type](c.new_empty(0), leaf, margin, t)
-        if detach_adjustment:
+        _, neg = settings.similarities(c.new_empty(0), leaf, margin)
+        if settings.detach_adjustment:
             neg = leaf + (neg - leaf).detach()
-        z = _mask_targets(scale * neg + bias, local_targets, in_place=False)
+        z = _mask_targets(settings.scale * neg + bias, local_targets, in_place=False)
         terms = F.softplus(z)
         (grad,) = torch.autograd.grad(terms, leaf, torch.full_like(terms, slope_factor))
     z = z.detach()
     sig = torch.where(z > _SOFTPLUS_THRESHOLD, 1.0, z.sigmoid())
-    return terms.detach().sum(), sig.sum(), grad
+    return terms.detach().sum(), (z > 0).sum(), sig.sum(), grad
 
 
 def compile_wanted(device_type, elements):

@@ -25,35 +25,16 @@ returns N * L_r on process r, so that
   processes; see ``is_sharded``).
 
 With one process (or no process group) everything reduces to ``SphereFace2Head`` and
-``SphereFace2Loss``.
-
-The head, ``shard_range`` and the DDP helpers (``world_and_rank``, ``all_gather_rows``,
-``save_optimizer_per_process``, ``load_optimizer_per_process``) are importable from
-here too, where version 0.1.0 had them.
+``SphereFace2Loss``. The loss's settings come from the loss block
+(``hparams/train_sharded.yaml`` refers to the block's ``loss_settings``), so
+``--loss=sphereface2_a`` switches the sharded loss too.
 """
 
-import torch
 
-from sb_sphereface2.losses.base import margin_logits
+from sb_sphereface2.distributed import all_gather_rows, gather_with_gradient, world_and_rank
+from sb_sphereface2.losses.base import as_cosines, as_labels, check_values
 from sb_sphereface2.losses.sphereface2 import SphereFace2Loss
-from sb_sphereface2.models.sharded_head import ShardedSphereFace2Head, shard_range
-from sb_sphereface2.training.distributed import (
-    all_gather_rows,
-    gather_with_gradient,
-    load_optimizer_per_process,
-    save_optimizer_per_process,
-    world_and_rank,
-)
-
-__all__ = [
-    "ShardedSphereFace2Head",
-    "ShardedSphereFace2Loss",
-    "all_gather_rows",
-    "load_optimizer_per_process",
-    "save_optimizer_per_process",
-    "shard_range",
-    "world_and_rank",
-]
+from sb_sphereface2.models.sharded_head import shard_range
 
 
 class ShardedSphereFace2Loss(SphereFace2Loss):
@@ -65,67 +46,31 @@ class ShardedSphereFace2Loss(SphereFace2Loss):
     [N * B, 1, C_local] and this process's labels [B] or [B, 1], all-gathers the labels,
     and returns N times this block's share of the global-batch loss (see the module
     docstring: the mean over processes is the loss, and gradients follow DDP's
-    convention). With one process it equals ``SphereFace2Loss``.
+    convention). With one process it equals ``SphereFace2Loss``. ``last_terms`` are this
+    block's shares times N, like the loss (their mean over processes is the global value).
 
     Example
     -------
+    >>> import torch
+    >>> from sb_sphereface2.models.sharded_head import ShardedSphereFace2Head
     >>> head = ShardedSphereFace2Head(input_size=8, out_neurons=5)
     >>> loss_fn = ShardedSphereFace2Loss(num_classes=5)
     >>> cos, y = head(torch.randn(3, 8)), torch.tensor([[0], [3], [4]])
     >>> torch.allclose(loss_fn(cos, y), SphereFace2Loss(5, implementation="plain")(cos, y))
     True
-    >>> loss_fn.training_logits(cos, y).shape
-    torch.Size([3, 1, 5])
     """
-
-    def _flatten(self, outputs, targets):
-        world, rank = world_and_rank()
-        start, stop = shard_range(self.num_classes, rank, world)
-        if outputs.dim() == 3 and outputs.shape[1] == 1:
-            outputs = outputs.squeeze(1)
-        if targets.dim() == 2 and targets.shape[1] == 1:
-            targets = targets.squeeze(1)
-        if targets.dim() != 1 or targets.dtype.is_floating_point:
-            raise ValueError(
-                f"expected integer labels [B] or [B, 1], got {tuple(targets.shape)} {targets.dtype}"
-            )
-        if outputs.dim() != 2 or outputs.shape != (world * targets.shape[0], stop - start):
-            raise ValueError(
-                f"expected cosines [{world * targets.shape[0]}, 1, {stop - start}] "
-                f"(global batch x classes {start}..{stop - 1}), got {tuple(outputs.shape)}"
-            )
-        all_targets = all_gather_rows(targets.long())
-        if bool((all_targets < 0).any() or (all_targets >= self.num_classes).any()):
-            raise ValueError(
-                f"labels must be in [0, {self.num_classes - 1}], got {all_targets.tolist()}"
-            )
-        cos = outputs if outputs.dtype == torch.float64 else outputs.float()
-        return cos, all_targets, world, rank, start
 
     def forward(self, outputs, targets, length=None):
         """N x (this block's share of the loss) for the head's cosines and local labels."""
-        cos, all_targets, world, _, start = self._flatten(outputs, targets)
+        world, rank = world_and_rank()
+        start, stop = shard_range(self.num_classes, rank, world)
+        labels = as_labels(targets)
+        cos = as_cosines(outputs, world * labels.shape[0], stop - start,
+                         where=f" (global batch x classes {start}..{stop - 1})")
+        all_targets = all_gather_rows(labels)
+        check_values(cos, all_targets, self.num_classes)
         # The average over processes is the bias itself; its gradient is the average of
         # the processes' gradients (the gather's backward sums them).
         bias = self.bias if world == 1 else gather_with_gradient(self.bias).mean()
-        return self.block_loss(cos, all_targets, start, bias, normaliser=cos.shape[0] / world)
-
-    def training_logits(self, outputs, targets):
-        """Logits for the accuracy meter of this process's samples, [B, 1, C]: the
-        winning logit s * (c - m * onehot) over all classes at its class, -inf elsewhere
-        (the full logits with one process)."""
-        cos, all_targets, world, rank, start = self._flatten(outputs, targets)
-        if world == 1:
-            return super().training_logits(outputs, targets)
-        logits = margin_logits(cos, all_targets, self.scale, self.margin, start)
-        best, where = logits.max(dim=1)
-        bests = all_gather_rows(best.unsqueeze(0))  # [N, N * B]
-        wheres = all_gather_rows((where + start).unsqueeze(0))
-        winner = bests.argmax(dim=0, keepdim=True)
-        best = bests.gather(0, winner).squeeze(0)
-        where = wheres.gather(0, winner).squeeze(0)
-        batch = targets.shape[0]
-        rows = slice(rank * batch, (rank + 1) * batch)
-        out = cos.new_full((batch, self.num_classes), float("-inf"))
-        out.scatter_(1, where[rows].unsqueeze(1), best[rows].unsqueeze(1))
-        return out.unsqueeze(1)
+        return self.block_loss(cos, all_targets, start, bias, normaliser=cos.shape[0] / world,
+                               negatives=cos.shape[0] * (self.num_classes - 1) / world)

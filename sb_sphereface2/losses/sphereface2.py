@@ -1,7 +1,7 @@
 """``SphereFace2Loss``: the SphereFace2 loss as a SpeechBrain ``compute_cost``.
 
-The margins and g are in :mod:`sb_sphereface2.losses.margins`; this module turns them
-into the loss
+The margins, g, the settings and the bias are in :mod:`sb_sphereface2.losses.margins`;
+this module turns them into the loss
 
     L = (1/B) sum_i [ lambda * softplus(-z+_i) + (1 - lambda) * sum_{j != y_i} softplus(z-_ij) ]
 
@@ -18,42 +18,47 @@ import torch.nn.functional as F
 
 from sb_sphereface2.losses.base import CosineMarginLoss, flatten_outputs
 from sb_sphereface2.losses.lean import lean_block_loss
-from sb_sphereface2.losses.margins import MARGIN_TYPES, check_margin, closed_form_bias
+from sb_sphereface2.losses.margins import SphereFace2Settings, closed_form_bias
 
 IMPLEMENTATIONS = ("lean", "plain")
+TERM_NAMES = ("positive_term", "negative_term", "negative_active")
 
 
-def plain_block_loss(cos, targets, start, bias, margin, scale, lambda_, t, margin_type,
-                     detach_adjustment, normaliser):
+def plain_block_loss(cos, targets, start, bias, margin, settings, normaliser):
     """The SphereFace2 loss terms of the classes [start, start + K), written directly
-    (eager autograd; supports higher-order gradients). Arguments as ``class_block_loss``.
+    (eager autograd; supports higher-order gradients). Arguments and value as
+    ``class_block_loss``.
 
     Example
     -------
     >>> cos, y = torch.tensor([[0.9, -0.1, 0.2], [0.3, 0.5, -0.7]]), torch.tensor([0, 2])
-    >>> args = (torch.tensor(1.0), 0.2, 32.0, 0.7, 3.0, "C", False, 2)
-    >>> parts = plain_block_loss(cos[:, :1], y, 0, *args) + plain_block_loss(cos[:, 1:], y, 1, *args)
-    >>> torch.allclose(parts, plain_block_loss(cos, y, 0, *args))
+    >>> args = (torch.tensor(1.0), 0.2, SphereFace2Settings(), 2)
+    >>> parts = plain_block_loss(cos[:, :1], y, 0, *args)[0] + plain_block_loss(cos[:, 1:], y, 1, *args)[0]
+    >>> torch.allclose(parts, plain_block_loss(cos, y, 0, *args)[0])
     True
     """
     local = targets - start
     here = (local >= 0) & (local < cos.shape[1])
     index = torch.where(here, local, 0).unsqueeze(1)
     cos_target = cos.gather(1, index).squeeze(1)
-    pos, neg = MARGIN_TYPES[margin_type](cos_target, cos, margin, t)
-    if detach_adjustment:
+    pos, neg = settings.similarities(cos_target, cos, margin)
+    if settings.detach_adjustment:
         # Original SphereFace2: g and the margin enter as a constant offset; the
         # gradient sees plain s * c.
         pos = cos_target + (pos - cos_target).detach()
         neg = cos + (neg - cos).detach()
-    pos_loss = torch.where(here, F.softplus(-(scale * pos + bias)), 0.0)
+    pos_loss = torch.where(here, F.softplus(-(settings.scale * pos + bias)), 0.0)
     is_target = torch.arange(cos.shape[1], device=cos.device) == local.unsqueeze(1)
-    neg_loss = F.softplus(scale * neg + bias).masked_fill(is_target, 0.0).sum(dim=1)
-    return (lambda_ * pos_loss + (1 - lambda_) * neg_loss).sum() / normaliser
+    neg_logits = (settings.scale * neg + bias).masked_fill(is_target, float("-inf"))
+    neg_loss = F.softplus(neg_logits).sum(dim=1)
+    lambda_ = settings.lambda_
+    loss = (lambda_ * pos_loss + (1 - lambda_) * neg_loss).sum() / normaliser
+    parts = torch.stack([lambda_ * pos_loss.sum() / normaliser, (1 - lambda_) * neg_loss.sum() / normaliser,
+                         (neg_logits > 0).sum().to(cos.dtype)]).detach()
+    return loss, parts
 
 
-def class_block_loss(cos, targets, start, bias, margin, scale, lambda_, t, margin_type,
-                     detach_adjustment, normaliser, implementation="lean"):
+def class_block_loss(cos, targets, start, bias, margin, settings, normaliser, implementation="lean"):
     """The SphereFace2 loss terms of one block of classes, summed over the batch and
     divided by ``normaliser``.
 
@@ -73,8 +78,10 @@ def class_block_loss(cos, targets, start, bias, margin, scale, lambda_, t, margi
         Class index of column 0.
     bias : torch.Tensor
         0-d bias.
-    margin, scale, lambda_, t, margin_type, detach_adjustment
-        As in ``SphereFace2Loss``.
+    margin : float
+        The margin in force.
+    settings : SphereFace2Settings
+        Margin type, scale, lambda, t, detach.
     normaliser : float
         The sum is divided by it (B for the batch mean).
     implementation : str
@@ -82,43 +89,26 @@ def class_block_loss(cos, targets, start, bias, margin, scale, lambda_, t, margi
 
     Returns
     -------
-    torch.Tensor
-        Scalar.
+    tuple
+        The scalar loss, and its terms ([3], detached): the positive part
+        (lambda sum softplus(-z+) / normaliser), the negative part
+        ((1 - lambda) sum softplus(z-) / normaliser) and the number of negative logits
+        above 0.
 
     Example
     -------
     >>> cos, y = torch.rand(3, 5, dtype=torch.float64) * 2 - 1, torch.tensor([0, 3, 4])
-    >>> args = (torch.tensor(1.0, dtype=torch.float64), 0.2, 32.0, 0.7, 3.0, "C", False, 3)
-    >>> lean = class_block_loss(cos[:, :2], y, 0, *args) + class_block_loss(cos[:, 2:], y, 2, *args)
-    >>> plain = class_block_loss(cos, y, 0, *args, implementation="plain")
-    >>> torch.allclose(lean, plain, rtol=1e-12, atol=0)
-    True
+    >>> args = (torch.tensor(1.0, dtype=torch.float64), 0.2, SphereFace2Settings(), 3)
+    >>> lean = class_block_loss(cos[:, :2], y, 0, *args)[0] + class_block_loss(cos[:, 2:], y, 2, *args)[0]
+    >>> plain, terms = class_block_loss(cos, y, 0, *args, implementation="plain")
+    >>> torch.allclose(lean, plain, rtol=1e-12, atol=0), torch.allclose(terms[:2].sum(), plain)
+    (True, True)
     """
     if implementation == "lean":
-        return lean_block_loss(cos, targets, start, bias, margin, scale, lambda_, t, margin_type,
-                               detach_adjustment, normaliser)
+        return lean_block_loss(cos, targets, start, bias, margin, settings, normaliser)
     if implementation == "plain":
-        return plain_block_loss(cos, targets, start, bias, margin, scale, lambda_, t, margin_type,
-                                detach_adjustment, normaliser)
+        return plain_block_loss(cos, targets, start, bias, margin, settings, normaliser)
     raise ValueError(f"implementation must be 'lean' or 'plain', got {implementation!r}")
-
-
-def sphereface2_loss(cos, targets, bias, margin, scale, lambda_, t, margin_type, detach_adjustment):
-    """The SphereFace2 loss of all classes of a [B, C] cosine matrix, mean over the batch,
-    in its plain form (``class_block_loss`` of the block [0, C)).
-
-    Example
-    -------
-    With zero cosines, t = 1, no margin and no bias every logit is 0: the loss is
-    (0.7 + 0.3 (C - 1)) log 2 = 0.901091 for C = 3.
-
-    >>> cos = torch.zeros(2, 3)
-    >>> loss = sphereface2_loss(cos, torch.tensor([0, 2]), torch.tensor(0.0), 0.0, 32.0, 0.7, 1.0, "C", False)
-    >>> round(loss.item(), 6)
-    0.901091
-    """
-    return plain_block_loss(cos, targets, 0, bias, margin, scale, lambda_, t, margin_type,
-                            detach_adjustment, cos.shape[0])
 
 
 class SphereFace2Loss(CosineMarginLoss):
@@ -132,23 +122,18 @@ class SphereFace2Loss(CosineMarginLoss):
     ---------
     num_classes : int
         Number of training speakers C (>= 2).
-    scale : float
-        Scale s of the logits.
+    settings : SphereFace2Settings
+        Margin type, scale s, lambda, t and whether g is detached (default: type C,
+        s = 32, lambda = 0.7, t = 3, differentiated: the speaker paper's).
     margin : float
-        Margin m; settable at run time as ``loss.margin`` (the ``MarginScheduler`` does).
-        For type M it is the angle multiplier (>= 1). The closed-form bias is evaluated
-        at the margin given here (give the margin in force when training starts).
-    lambda_ : float
-        Weight of the positive term, in (0, 1); 1 - lambda_ weighs the negatives.
-    t : float
-        Exponent of the similarity adjustment g, t >= 1 (1 turns it off).
-    margin_type : str
-        "C" (additive cosine), "A" (additive angular) or "M" (multiplicative angular).
+        The margin at the start, when no ``margin_scheduler`` is given; settable at run
+        time as ``loss.margin``. For type M it is the angle multiplier (>= 1).
+    margin_scheduler : MarginScheduler, optional
+        The schedule that will move the margin: the margin at the start is its value at
+        iteration 0 (its initial and final margins are checked here).
     bias_init : str or float
-        "closed_form" for the balancing bias of ``closed_form_bias``, or a number.
-    detach_adjustment : bool
-        If True, g and the margin are a detached offset (original SphereFace2); the
-        default differentiates through them (speaker-verification paper).
+        "closed_form": the balancing bias of ``closed_form_bias`` at the margin at the
+        start; or a number.
     implementation : str
         "lean" (default): ``lean.lean_block_loss``, loss and gradient in one pass over
         class chunks, one [B, C] buffer kept for backward, first-order gradients only.
@@ -157,52 +142,42 @@ class SphereFace2Loss(CosineMarginLoss):
     Returns
     -------
     torch.Tensor
-        From ``forward``: the scalar loss, mean over the batch.
+        From ``forward``: the scalar loss, mean over the batch. After each forward,
+        ``last_terms`` holds its parts as detached 0-d tensors (no host
+        synchronisation): ``bias``, ``positive_term`` and ``negative_term`` (their sum
+        is the loss) and ``negative_active`` (the share of negative logits above 0).
 
     Example
     -------
-    >>> loss_fn = SphereFace2Loss(num_classes=10, margin=0.2)
+    >>> from sb_sphereface2 import MarginScheduler
+    >>> schedule = MarginScheduler(final_margin=0.2, start_epoch=1, fix_epoch=1)
+    >>> loss_fn = SphereFace2Loss(num_classes=10, margin_scheduler=schedule)
+    >>> loss_fn.margin, round(loss_fn.bias.item(), 3) == round(closed_form_bias(10, 0.2), 3)
+    (0.2, True)
     >>> cosines = torch.rand(4, 1, 10) * 2 - 1
-    >>> labels = torch.tensor([[1], [3], [5], [7]])
-    >>> loss = loss_fn(cosines, labels)
-    >>> loss.shape
-    torch.Size([])
-    >>> loss_fn.margin = 0.3
-    >>> loss_fn.training_logits(cosines, labels).shape
-    torch.Size([4, 1, 10])
+    >>> loss = loss_fn(cosines, torch.tensor([[1], [3], [5], [7]]))
+    >>> loss.shape, sorted(loss_fn.last_terms)
+    (torch.Size([]), ['bias', 'negative_active', 'negative_term', 'positive_term'])
     """
 
     def __init__(
         self,
         num_classes,
-        scale=32.0,
+        settings=SphereFace2Settings(),
         margin=0.2,
-        lambda_=0.7,
-        t=3.0,
-        margin_type="C",
+        margin_scheduler=None,
         bias_init="closed_form",
-        detach_adjustment=False,
         implementation="lean",
     ):
-        super().__init__(num_classes, scale)
+        if not isinstance(settings, SphereFace2Settings):
+            raise ValueError(f"settings must be a SphereFace2Settings, got {type(settings).__name__}")
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be 'lean' or 'plain', got {implementation!r}")
+        self.settings = settings
         self.implementation = implementation
-        if margin_type not in MARGIN_TYPES:
-            raise ValueError(f"margin_type must be one of C, A, M, got {margin_type!r}")
-        if not 0 < float(lambda_) < 1:
-            raise ValueError(f"lambda_ must be in (0, 1), got {lambda_}")
-        if not float(t) >= 1:
-            raise ValueError(f"t must be >= 1, got {t}")
-        self.lambda_ = float(lambda_)
-        self.t = float(t)
-        self.margin_type = margin_type
-        self.detach_adjustment = bool(detach_adjustment)
-        self.margin = margin
+        super().__init__(num_classes, settings.scale, margin, margin_scheduler)
         if bias_init == "closed_form":
-            bias = closed_form_bias(
-                num_classes, self.scale, self.margin, self.lambda_, self.t, margin_type
-            )
+            bias = closed_form_bias(num_classes, self.margin, settings)
         else:
             try:
                 bias = float(bias_init)
@@ -211,17 +186,28 @@ class SphereFace2Loss(CosineMarginLoss):
                     f"bias_init must be 'closed_form' or a number, got {bias_init!r}"
                 ) from None
         self.bias = torch.nn.Parameter(torch.tensor(bias, dtype=torch.float32))
+        self.last_terms = None
 
-    def check_margin(self, value):
-        return check_margin(value, self.margin_type)
+    @classmethod
+    def margin_rule(cls, settings=None):
+        """``settings.check_margin``: the rule of the margin type."""
+        return (settings or SphereFace2Settings()).check_margin
 
-    def block_loss(self, cos, targets, start, bias, normaliser):
-        """``class_block_loss`` with this loss's settings, autocast off."""
+    def block_loss(self, cos, targets, start, bias, normaliser, negatives):
+        """``class_block_loss`` with this loss's settings, autocast off; keeps its terms
+        in ``last_terms`` (``negatives``: the number of negative logits of the block)."""
         with torch.autocast(device_type=cos.device.type, enabled=False):
-            return class_block_loss(
-                cos, targets, start, bias.to(cos.dtype), self.margin, self.scale, self.lambda_,
-                self.t, self.margin_type, self.detach_adjustment, normaliser, self.implementation,
+            loss, parts = class_block_loss(
+                cos, targets, start, bias.to(cos.dtype), self.margin, self.settings, normaliser,
+                self.implementation,
             )
+        self.last_terms = {
+            "bias": bias.detach(),
+            TERM_NAMES[0]: parts[0],
+            TERM_NAMES[1]: parts[1],
+            TERM_NAMES[2]: parts[2] / max(1, negatives),
+        }
+        return loss
 
     def forward(self, outputs, targets, length=None):
         """Loss for cosines ``outputs`` [B, 1, C] or [B, C] and labels ``targets``.
@@ -229,12 +215,8 @@ class SphereFace2Loss(CosineMarginLoss):
         ``length`` is accepted for SpeechBrain's ``compute_cost`` signature and unused.
         """
         cos, targets = flatten_outputs(outputs, targets, self.num_classes)
-        return self.block_loss(cos, targets, 0, self.bias, normaliser=cos.shape[0])
+        return self.block_loss(cos, targets, 0, self.bias, normaliser=cos.shape[0],
+                               negatives=cos.shape[0] * (self.num_classes - 1))
 
     def extra_repr(self):
-        return (
-            f"num_classes={self.num_classes}, scale={self.scale}, margin={self.margin}, "
-            f"lambda_={self.lambda_}, t={self.t}, margin_type={self.margin_type!r}, "
-            f"detach_adjustment={self.detach_adjustment}, "
-            f"implementation={self.implementation!r}"
-        )
+        return f"num_classes={self.num_classes}, margin={self.margin}, {self.settings}, implementation={self.implementation!r}"

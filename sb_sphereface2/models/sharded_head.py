@@ -23,7 +23,7 @@ from speechbrain.utils.distributed import if_main_process
 
 from sb_sphereface2.files import torch_save_atomic
 from sb_sphereface2.models.head import flatten_embeddings
-from sb_sphereface2.training.distributed import (
+from sb_sphereface2.distributed import (
     all_gather_rows,
     check_equal_batches,
     gather_with_gradient,

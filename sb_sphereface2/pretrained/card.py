@@ -60,8 +60,7 @@ def training_config(folder):
     """The plain training settings recorded in ``train_hparams.yaml`` of a model folder.
 
     ``train_hparams.yaml`` is the composed recipe text after a comment
-    ``# averaged epochs: [...]`` (:func:`training_hparams_text`); folders written by 0.1.0
-    have a second comment ``# overrides: '...'``, applied here. References are resolved,
+    ``# averaged epochs: [...]`` (:func:`training_hparams_text`). References are resolved,
     objects (``!new:``) are left out.
 
     Arguments
@@ -80,9 +79,9 @@ def training_config(folder):
     >>> import tempfile
     >>> folder = tempfile.mkdtemp()
     >>> _ = open(os.path.join(folder, "train_hparams.yaml"), "w").write(
-    ...     "# averaged epochs: [3, 4]\\n# overrides: 'lr: 0.5'\\nlr: 0.1\\nrate: !ref <lr>\\n")
+    ...     "# averaged epochs: [3, 4]\\nlr: 0.1\\nrate: !ref <lr>\\n")
     >>> training_config(folder)
-    {'lr': 0.5, 'rate': 0.5, 'averaged_epochs': [3, 4]}
+    {'lr': 0.1, 'rate': 0.1, 'averaged_epochs': [3, 4]}
     """
     path = os.path.join(folder, TRAINING_HPARAMS_FILE)
     if not os.path.isfile(path):
@@ -93,10 +92,7 @@ def training_config(folder):
     for line in text.splitlines():
         if not line.startswith("#"):
             break
-        if line.startswith("# overrides:"):
-            raw = ast.literal_eval(line[len("# overrides:"):].strip())
-            overrides = dict(ruamel_yaml().load(raw) or {}) if isinstance(raw, str) else dict(raw or {})
-        elif line.startswith("# averaged epochs:"):
+        if line.startswith("# averaged epochs:"):
             epochs = ast.literal_eval(line[len("# averaged epochs:"):].strip())
     hparams_path = os.path.join(folder, HPARAMS_FILE)
     if "num_classes" not in overrides and os.path.isfile(hparams_path):
@@ -157,7 +153,8 @@ def results_table(results_json):
     Example
     -------
     >>> import tempfile
-    >>> from sb_sphereface2.scoring.trial_scores import evaluate, write_results
+    >>> from sb_sphereface2.scoring.metrics import evaluate
+    >>> from sb_sphereface2.scoring.reports import write_results
     >>> out = tempfile.mkdtemp()
     >>> _ = write_results(out, {"toy": evaluate([0.1, 0.3, 0.2, 0.4], [0, 0, 1, 1], p_targets=(0.01,))})
     >>> print(results_table(os.path.join(out, "results.json")).splitlines()[2])

@@ -196,7 +196,7 @@ def export_model(
     Example
     -------
     >>> import tempfile
-    >>> out = export_model("tests/fixtures/model_folder_v0_1", os.path.join(tempfile.mkdtemp(), "export"))
+    >>> out = export_model(getfixture("tiny_model_folder"), os.path.join(tempfile.mkdtemp(), "export"))
     >>> from speechbrain.inference.speaker import SpeakerRecognition
     >>> SpeakerRecognition.from_hparams(source=out).encode_batch(torch.zeros(1, 16000)).shape
     torch.Size([1, 1, 32])

@@ -13,8 +13,8 @@ folder is loaded from: a local path, or the model hub after uploading the folder
     model = SpeakerRecognition.from_hparams(source="results/.../model")
 
 The pretrainer names :func:`sb_sphereface2.pretrained.checkpoint.load_strictly` as the
-loading hook of every file, so SpeechBrain's ``from_hparams`` loads strictly too. Folders
-written by sb_sphereface2 0.1.0 have no such hook: ``from_hparams`` loads them with
+loading hook of every file, so SpeechBrain's ``from_hparams`` loads strictly too. Other
+folders (a SpeechBrain hub folder) may name no hook: ``from_hparams`` loads them with
 SpeechBrain's default, non-strict transfer; :func:`load_model_folder` and
 :func:`load_for_inference` load every folder strictly.
 """
@@ -39,7 +39,7 @@ LOADABLE_ORDER = ("embedding_model", "mean_var_norm_emb", "classifier", "label_e
 STRICT_HOOK = "!name:sb_sphereface2.pretrained.checkpoint.load_strictly"
 _GENERATED = ("modules", "pretrainer", "label_encoder", "mean_var_norm_emb")
 _PLAIN_HEAD = "!new:sb_sphereface2.SphereFace2Head"
-_SHARDED_HEAD = "!new:sb_sphereface2.losses.sharded.ShardedSphereFace2Head"
+_SHARDED_HEAD = "!new:sb_sphereface2.models.sharded_head.ShardedSphereFace2Head"
 
 _HEADER = """\
 # ############################################################################
@@ -226,7 +226,7 @@ def pretrainer_files(folder):
 
     Example
     -------
-    >>> pretrainer_files("tests/fixtures/model_folder_v0_1")["label_encoder"]
+    >>> pretrainer_files(getfixture("tiny_model_folder"))["label_encoder"]
     'label_encoder.ckpt'
     """
     path = os.path.join(folder, HPARAMS_FILE)
@@ -297,7 +297,7 @@ def load_model_folder(folder, overrides=None):
     Arguments
     ---------
     folder : str
-        A model folder (this package's, 0.1.0's or a SpeechBrain hub folder, local).
+        A model folder (this package's or a SpeechBrain hub folder, local).
     overrides : dict, optional
         Overrides for ``hyperparams.yaml``.
 
@@ -309,7 +309,7 @@ def load_model_folder(folder, overrides=None):
 
     Example
     -------
-    >>> load_model_folder("tests/fixtures/model_folder_v0_1")["classifier"].weight.shape
+    >>> load_model_folder(getfixture("tiny_model_folder"))["classifier"].weight.shape
     torch.Size([12, 32])
     """
     from hyperpyyaml import load_hyperpyyaml
@@ -336,8 +336,8 @@ def load_for_inference(folder, cls=None, device="cpu", **kwargs):
     """A SpeechBrain inference object over a local model folder, loaded strictly.
 
     What ``cls.from_hparams(source=folder)`` gives, but every file loaded with
-    :func:`load_strictly` whatever the folder's ``hyperparams.yaml`` says (0.1.0 folders
-    and hub folders included) and nothing linked into a savedir.
+    :func:`load_strictly` whatever the folder's ``hyperparams.yaml`` says (hub folders
+    included) and nothing linked into a savedir.
 
     Arguments
     ---------
@@ -358,7 +358,7 @@ def load_for_inference(folder, cls=None, device="cpu", **kwargs):
     Example
     -------
     >>> import torch
-    >>> model = load_for_inference("tests/fixtures/exported_v0_1")
+    >>> model = load_for_inference(getfixture("tiny_model_folder"))
     >>> model.encode_batch(torch.zeros(1, 16000)).shape
     torch.Size([1, 1, 32])
     """

@@ -103,10 +103,10 @@ def initialise_from_model_folder(hparams, folder):
     -------
     >>> import torch
     >>> from hyperpyyaml import load_hyperpyyaml
-    >>> text = open("tests/fixtures/model_folder_v0_1/hyperparams.yaml").read()
+    >>> text = open(getfixture("tiny_model_folder") / "hyperparams.yaml").read()
     >>> hparams = load_hyperpyyaml(text)
     >>> hparams["compute_cost"] = torch.nn.Identity()  # a loss without state: skipped
-    >>> sorted(initialise_from_model_folder(hparams, "tests/fixtures/model_folder_v0_1"))
+    >>> sorted(initialise_from_model_folder(hparams, getfixture("tiny_model_folder")))
     ['classifier', 'embedding_model']
     """
     modules = {name: hparams[name] for name in ("embedding_model", "classifier", "compute_cost")
@@ -138,7 +138,7 @@ def initialise_encoder_from(embedding_model, source, savedir=None):
     Example
     -------
     >>> import torch
-    >>> initialise_encoder_from(torch.nn.Linear(2, 2), "tests/fixtures/model_folder_v0_1")
+    >>> initialise_encoder_from(torch.nn.Linear(2, 2), getfixture("tiny_model_folder"))
     Traceback (most recent call last):
     ...
     sb_sphereface2.pretrained.checkpoint.CheckpointError: .../embedding_model.ckpt does not fit the Linear it is loaded into: missing 2 keys (weight, bias); unexpected ... keys (...); choose the matching --model and its sizes ...

@@ -3,13 +3,3 @@
 normalisation (``normalization``), calibration and its quality measures (``calibration``,
 ``quality``), result files and plots (``reports``, ``plots``), the output-folder lock
 (``output_folder``) and the command line (``python -m sb_sphereface2.scoring``, ``cli``)."""
-
-# 0.1.0 had these in the module ``sb_sphereface2.scoring``.
-from sb_sphereface2.scoring.trial_scores import (  # noqa: F401
-    build_cohort,
-    evaluate,
-    index_trials,
-    score_trials,
-    write_results,
-    write_scores,
-)

@@ -176,18 +176,17 @@ class LogisticCalibration:
 
     @classmethod
     def from_dict(cls, values):
-        """Rebuild a fitted calibration from :meth:`to_dict` output (or 0.1.0's
-        ``{"prior", "scale", "offset"}``).
+        """Rebuild a fitted calibration from :meth:`to_dict` output.
 
         Example
         -------
-        >>> c = LogisticCalibration.from_dict({"prior": 0.5, "scale": 2.0, "offset": -1.0})
+        >>> c = LogisticCalibration.from_dict({"prior": 0.5, "weights": [2.0], "offset": -1.0})
         >>> c([0.5, 1.0]).tolist()
         [0.0, 1.0]
         """
         calibration = cls(prior=values["prior"], ridge=values.get("ridge", 1e-6),
                           feature_names=values.get("feature_names") or ())
-        weights = values.get("weights") or [values["scale"]]
+        weights = values["weights"]
         calibration.weights = np.asarray(weights, dtype=np.float64)
         calibration.offset = float(values["offset"])
         return calibration

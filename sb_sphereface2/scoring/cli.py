@@ -36,12 +36,8 @@ from sb_sphereface2.scoring.plots import plot_det, plot_score_histogram
 from sb_sphereface2.scoring.quality import MAX_DURATION, QUALITY_MEASURES, quality_features
 from sb_sphereface2.scoring.reports import describe_model, write_results, write_scores
 from sb_sphereface2.scoring.trial_checks import check_trial_list
-from sb_sphereface2.scoring.trial_scores import (
-    COHORT_KINDS,
-    build_cohort,
-    evaluate,
-    score_trial_list,
-)
+from sb_sphereface2.scoring.trial_scores import COHORT_KINDS, build_cohort, score_trial_list
+from sb_sphereface2.scoring.metrics import evaluate
 
 __all__ = ["build_parser", "parse_args", "score_into", "main", "run"]
 

@@ -26,7 +26,8 @@ import torch
 from sb_sphereface2.data.dataio import utterance_dataset
 from sb_sphereface2.data.trials import read_trials
 from sb_sphereface2.files import write_json_atomic
-from sb_sphereface2.scoring.trial_scores import evaluate, score_trials
+from sb_sphereface2.scoring.trial_scores import score_trial_list
+from sb_sphereface2.scoring.metrics import evaluate
 
 N_MFCC = 20
 
@@ -130,7 +131,7 @@ def mfcc_baseline_scores(test_csv, trials, train_csv=None, sample_rate=16000):
     ids, embeddings = mfcc_embeddings(test_csv, trials.utterances(), sample_rate)
     reference = mfcc_embeddings(train_csv, None, sample_rate)[1] if train_csv else embeddings
     standardised = (embeddings - reference.mean(0)) / np.maximum(reference.std(0), 1e-8)
-    return score_trials(ids, standardised, trials)
+    return score_trial_list(ids, standardised, trials).scores
 
 
 def evaluate_prepared_folder(data_prep_folder, sample_rate=16000):

@@ -34,8 +34,8 @@ __all__ = [
 NORM_METHODS = ("znorm", "tnorm", "snorm", "asnorm")
 
 
-def l2_normalize(embeddings, mean=None):
-    """Subtract an optional mean embedding and scale rows to unit length (float32).
+def l2_normalize(embeddings, mean=None, dtype=torch.float32):
+    """Subtract an optional mean embedding and scale rows to unit length (in ``dtype``).
 
     Arguments
     ---------
@@ -43,11 +43,13 @@ def l2_normalize(embeddings, mean=None):
         Embeddings [N, D].
     mean : numpy.ndarray or torch.Tensor, optional
         Mean embedding [D] subtracted first.
+    dtype : torch.dtype
+        Precision of the result (scoring: float32; clustering: float64).
 
     Returns
     -------
     torch.Tensor
-        Unit-length rows, float32 [N, D].
+        Unit-length rows [N, D]. A zero row is a ValueError naming it.
 
     Example
     -------
@@ -55,14 +57,17 @@ def l2_normalize(embeddings, mean=None):
     [[0.6000000238418579, 0.800000011920929]]
     """
     if torch.is_tensor(embeddings):
-        tensor = embeddings.detach().to(torch.float32)
+        tensor = embeddings.detach().to(dtype)
     else:
-        tensor = torch.from_numpy(np.asarray(embeddings, dtype=np.float32))
+        tensor = torch.as_tensor(np.asarray(embeddings), dtype=dtype)
     if tensor.ndim != 2:
         raise ValueError(f"embeddings must be [N, D], got shape {tuple(tensor.shape)}")
     if mean is not None:
-        tensor = tensor - torch.as_tensor(np.asarray(mean), dtype=torch.float32)
-    return torch.nn.functional.normalize(tensor, dim=1)
+        tensor = tensor - torch.as_tensor(np.asarray(mean), dtype=dtype)
+    norms = tensor.norm(dim=1)
+    if bool((norms == 0).any()):
+        raise ValueError(f"embedding row {int(torch.argmin(norms))} has zero norm")
+    return tensor / norms[:, None]
 
 
 def speaker_mean_cohort(embeddings, speakers, mean=None):

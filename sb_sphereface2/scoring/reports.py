@@ -142,7 +142,7 @@ def write_results(out_dir, results, settings=None, title="Verification results",
     Example
     -------
     >>> import tempfile
-    >>> from sb_sphereface2.scoring.trial_scores import evaluate
+    >>> from sb_sphereface2.scoring.metrics import evaluate
     >>> out = tempfile.mkdtemp()
     >>> table = write_results(out, {"toy": evaluate([0.1, 0.3, 0.2, 0.4], [0, 0, 1, 1])})
     >>> print(table.splitlines()[0])

@@ -1,12 +1,12 @@
 """From embeddings and trial lists to scores and metrics.
 
-The recipe-level API: :func:`score_trials` (cosine scoring after optional mean
-subtraction, with optional z/t/s/AS-norm), :func:`score_trial_list` (the same, with the
-per-side measures quality-aware calibration uses), :func:`build_cohort` and
-:func:`evaluate`. Every step works on whole matrices in bounded chunks; per-utterance work
-happens once per utterance, per-trial work is a gather and a dot product. Score files and
-result tables are written by :mod:`sb_sphereface2.scoring.reports` (``write_scores`` and
-``write_results`` are importable from here too, as in 0.1.0).
+The recipe-level API: :func:`score_trial_list` (cosine scoring after optional mean
+subtraction, with optional z/t/s/AS-norm, and the per-side measures quality-aware
+calibration uses) and :func:`build_cohort`. Every step works on whole matrices in bounded
+chunks; per-utterance work happens once per utterance, per-trial work is a gather and a
+dot product. The metrics of the scores (``evaluate``) are in
+:mod:`sb_sphereface2.scoring.metrics`; score files and result tables are written by
+:mod:`sb_sphereface2.scoring.reports`.
 """
 
 import itertools
@@ -16,13 +16,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sb_sphereface2.scoring.metrics import (
-    check_scores,
-    compute_actual_dcf,
-    compute_cllr,
-    compute_eer,
-    compute_min_dcf,
-)
 from sb_sphereface2.scoring.normalization import (
     NORM_METHODS,
     CohortStatistics,
@@ -31,7 +24,6 @@ from sb_sphereface2.scoring.normalization import (
     speaker_mean_cohort,
     unit_cohort_statistics,
 )
-from sb_sphereface2.scoring.reports import write_results, write_scores  # noqa: F401 (0.1.0 paths)
 
 __all__ = [
     "COHORT_KINDS",
@@ -39,8 +31,6 @@ __all__ = [
     "index_trials",
     "build_cohort",
     "score_trial_list",
-    "score_trials",
-    "evaluate",
 ]
 
 COHORT_KINDS = ("speaker-mean", "utterance")
@@ -279,82 +269,3 @@ def score_trial_list(
         result.enrol_imposter_mean = stats.mean[enrol_idx]
         result.test_imposter_mean = stats.mean[test_idx]
     return result
-
-
-def score_trials(ids, embeddings, trials, mean=None, cohort=None, top_n=300, norm=None,
-                 chunk_size=16384, cohort_chunk_size=4096, progress=False):
-    """Cosine scores of a trial list, optionally normalised against a cohort (the scores
-    of :func:`score_trial_list`; same arguments).
-
-    Returns
-    -------
-    numpy.ndarray
-        Scores, float64 [N], in trial order.
-
-    Example
-    -------
-    >>> from sb_sphereface2.data.trials import TrialList
-    >>> t = TrialList("toy", np.array([1, 0], dtype=np.int8), ["a", "a"], ["b", "c"])
-    >>> emb = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
-    >>> score_trials(["a", "b", "c"], emb, t).round(4).tolist()
-    [0.7071, 0.0]
-    """
-    return score_trial_list(ids, embeddings, trials, mean, cohort, top_n, norm, chunk_size,
-                            cohort_chunk_size, progress).scores
-
-
-def evaluate(scores, labels, p_targets=(0.01, 0.05), llrs=None):
-    """EER, minDCF at each target prior and counts (plus actual DCF and Cllr of LLRs).
-
-    Arguments
-    ---------
-    scores : array-like
-        Scores [N].
-    labels : array-like
-        1 for target, 0 for non-target [N].
-    p_targets : sequence of float
-        Priors for minDCF (C_miss = C_fa = 1, normalised).
-    llrs : array-like, optional
-        Calibrated log-likelihood ratios of the same trials: adds their actual DCF
-        (``act_dcf_<p>``), ``cllr``, EER and minDCF (``calibrated_eer_percent``,
-        ``calibrated_min_dcf_<p>``: quality-aware calibration reorders trials), and the
-        actual DCF and Cllr of the raw scores taken as LLRs (``raw_act_dcf_<p>``,
-        ``raw_cllr``: before calibration).
-
-    Returns
-    -------
-    dict
-        ``trials``, ``targets``, ``nontargets``, ``eer_percent``, ``eer_threshold`` and,
-        for each prior p, ``min_dcf_<p>`` and ``min_dcf_<p>_threshold`` (p as ``%g``).
-
-    Example
-    -------
-    >>> r = evaluate([0.1, 0.3, 0.2, 0.4], [0, 0, 1, 1], p_targets=(0.01,))
-    >>> r["eer_percent"], r["min_dcf_0.01"], r["targets"]
-    (50.0, 0.5, 2)
-    """
-    scores, labels = check_scores(scores, labels)
-    eer, eer_threshold = compute_eer(scores, labels)
-    results = {
-        "trials": int(labels.size),
-        "targets": int(labels.sum()),
-        "nontargets": int((~labels).sum()),
-        "eer_percent": 100.0 * eer,
-        "eer_threshold": eer_threshold,
-    }
-    for p in p_targets:
-        value, threshold = compute_min_dcf(scores, labels, p_target=p)
-        results[f"min_dcf_{p:g}"] = value
-        results[f"min_dcf_{p:g}_threshold"] = threshold
-    if llrs is not None:
-        llrs, _ = check_scores(llrs, labels)
-        for p in p_targets:
-            results[f"raw_act_dcf_{p:g}"] = compute_actual_dcf(scores, labels, p_target=p)
-        results["raw_cllr"] = compute_cllr(scores, labels)
-        for p in p_targets:
-            results[f"act_dcf_{p:g}"] = compute_actual_dcf(llrs, labels, p_target=p)
-        results["cllr"] = compute_cllr(llrs, labels)
-        results["calibrated_eer_percent"] = 100.0 * compute_eer(llrs, labels)[0]
-        for p in p_targets:
-            results[f"calibrated_min_dcf_{p:g}"] = compute_min_dcf(llrs, labels, p_target=p)[0]
-    return results

@@ -31,9 +31,10 @@ from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
 from speechbrain.utils.distributed import if_main_process
 
 from sb_sphereface2.data.throughput import ThroughputMeter, show_on_progress_bar
+from sb_sphereface2.distributed import world_and_rank
 from sb_sphereface2.files import plain_value, write_text_atomic
 from sb_sphereface2.scoring.metrics import compute_eer, compute_min_dcf
-from sb_sphereface2.scoring.trial_scores import score_trials
+from sb_sphereface2.scoring.trial_scores import score_trial_list
 from sb_sphereface2.training.cosine_statistics import raw_cosine_statistics, sharded_raw_cosine_statistics
 from sb_sphereface2.training.run_state import RandomStates, load_process_state, save_process_state
 
@@ -132,7 +133,7 @@ class SpeakerBrain(sb.core.Brain):
     def init_optimizers(self):
         super().init_optimizers()
         if self.checkpointer is not None and any(getattr(m, "is_sharded", False) for m in self.modules.values()):
-            from sb_sphereface2.training.distributed import load_optimizer_per_process, save_optimizer_per_process
+            from sb_sphereface2.distributed import load_optimizer_per_process, save_optimizer_per_process
 
             # Each process's optimizer state covers its own head rows: one file per process.
             self.checkpointer.add_recoverable(
@@ -264,7 +265,7 @@ class SpeakerBrain(sb.core.Brain):
 
     def _loader_seed(self, epoch):
         seed = int(getattr(self.hparams, "seed", 0))
-        rank = torch.distributed.get_rank() if self.distributed_launch else 0
+        rank = world_and_rank()[1]
         return ((seed * 1_000_003 + int(epoch or 0)) * 1_009 + rank) % 2**63
 
     def _resume_train_log(self):
@@ -307,7 +308,7 @@ class SpeakerBrain(sb.core.Brain):
         if self.dev_trials is None or not self.valid_ids:
             return {}
         embeddings = torch.cat(self.valid_embeddings).numpy().astype(np.float64)
-        scores = score_trials(self.valid_ids, embeddings, self.dev_trials)
+        scores = score_trial_list(self.valid_ids, embeddings, self.dev_trials).scores
         labels = self.dev_trials.labels
         return {
             "EER": 100.0 * compute_eer(scores, labels)[0],

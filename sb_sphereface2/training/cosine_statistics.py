@@ -42,7 +42,7 @@ def sharded_raw_cosine_statistics(cosines, labels, start, num_classes):
     """``raw_cosine_statistics`` of this process's samples when the head's classes are split
     over the DDP processes: ``cosines`` [N * B, 1, C_local] are the whole batch's cosines
     with this process's classes from ``start``; ``labels`` [B] are this process's."""
-    from sb_sphereface2.training.distributed import all_gather_rows, world_and_rank
+    from sb_sphereface2.distributed import all_gather_rows, world_and_rank
 
     _, rank = world_and_rank()
     cos = cosines.detach().reshape(cosines.shape[0], -1).float()

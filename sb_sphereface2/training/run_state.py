@@ -21,13 +21,8 @@ import numpy as np
 import torch
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
+from sb_sphereface2.distributed import world_and_rank
 from sb_sphereface2.files import atomic_write, write_text_atomic
-
-
-def _rank():
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return 0
 
 
 def process_path(path, rank=None):
@@ -38,7 +33,7 @@ def process_path(path, rank=None):
     >>> process_path("save/CKPT+1/random_states.ckpt"), process_path("a.ckpt", rank=2)
     ('save/CKPT+1/random_states.ckpt', 'a.ckpt.rank2')
     """
-    rank = _rank() if rank is None else rank
+    rank = world_and_rank()[1] if rank is None else rank
     return str(path) if rank == 0 else f"{path}.rank{rank}"
 
 

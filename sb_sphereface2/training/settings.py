@@ -9,17 +9,17 @@ checks, in this order:
   number, ``True``/``False`` for a flag, a list for a list), so ``--number_of_epochs=abc``
   names ``number_of_epochs`` instead of failing later inside ``int()``;
 - ranges and choices: ``RANGES`` and ``CHOICES`` below (epochs >= 1, learning rates > 0,
-  ``data_source`` csv or shards...), and the loss:
-  ``scale > 0``, ``0 < lambda_ < 1``, ``t >= 1`` (``g`` is the identity at 1; the loss
-  refuses less) and every margin key (``margin``, ``initial_margin``, ``lmf_margin``) in
-  the range of the loss's margin type: ``>= 0`` for C, ``[0, pi)`` for A, ``>= 1`` for M
-  (a multiplier: 1 is no margin), ``[0, 1.5)`` for AAM.
+  ``data_source`` csv or shards...), and the loss: its ``loss_settings`` are built (a
+  ``SphereFace2Settings`` checks scale, lambda and t itself) and every margin key
+  (``margin``, ``initial_margin``, ``lmf_margin``) is checked by the loss class's own
+  margin rule (``margin_rule``), so that the recipe and the loss never disagree.
 
 Each failure is a ``SettingsError`` (a ``ValueError``) of one line naming the key and the
 value; recipes print it and exit with code 2, before data preparation.
 """
 
 import math
+import pydoc
 from dataclasses import dataclass
 
 from sb_sphereface2.data.segments import SEGMENTATION_MODES
@@ -101,17 +101,6 @@ CHOICES = {
     "segmentation": SEGMENTATION_MODES,
 }
 MARGIN_KEYS = ("margin", "initial_margin", "lmf_margin")
-MARGIN_RANGES = {
-    "C": Range(low=0),
-    "A": Range(low=0, high=math.pi),
-    "M": Range(low=1),
-    "AAM": Range(low=0, high=1.5),  # as AAMLoss's margin setter
-}
-LOSS_RANGES = {
-    "scale": POSITIVE,
-    "lambda_": Range(low=0, low_open=True, high=1),
-    "t": Range(low=1),
-}
 
 
 def checked_settings(stage_file, overrides):
@@ -140,13 +129,13 @@ def checked_settings(stage_file, overrides):
     >>> checked_settings("hparams/train.yaml", {"loss": "sphereface2_m", "margin": 0.5})
     Traceback (most recent call last):
     ...
-    sb_sphereface2...SettingsError: margin must be a number >= 1 for the type M margin of the loss, got 0.5
+    sb_sphereface2...SettingsError: margin: the type M margin is an angle multiplier and must be >= 1, got 0.5
     """
     settings = peek_hparams(stage_file, overrides)  # unknown keys: UnknownKeyError
     blocks = {key: overrides[key] for key in BLOCK_KEYS if key in overrides}
     check_types(overrides, peek_hparams(stage_file, blocks))
     check_ranges(settings)
-    check_loss(settings, *peek_object(stage_file, "compute_cost", overrides))
+    check_loss(settings, stage_file, overrides)
     return settings
 
 
@@ -200,36 +189,39 @@ def check_ranges(settings):
             raise SettingsError(f"{second} must be >= {first} ({settings[first]}), got {settings[second]}")
 
 
-def check_loss(settings, tag, args):
-    """The loss's arguments (``tag``, ``args``: ``peek_object(..., "compute_cost")``) and
-    the margin keys of the settings, in the range of the loss's margin type.
+def check_loss(settings, stage_file, overrides):
+    """The loss block's settings (``loss_settings``, built: their own checks) and every
+    margin key of ``settings`` against the margin rule of the loss class that
+    ``compute_cost`` names (``margin_rule``): the recipe keeps no copy of the ranges.
 
     Example
     -------
-    >>> check_loss({"margin": -0.5}, "!new:sb_sphereface2.SphereFace2Loss", {"margin_type": "C"})
+    >>> check_loss({"margin": -0.5}, "hparams/train.yaml", {})
     Traceback (most recent call last):
     ...
-    sb_sphereface2...SettingsError: margin must be a number >= 0 for the type C margin of the loss, got -0.5
-    >>> check_loss({}, "!new:sb_sphereface2.SphereFace2Loss", {"lambda_": 1.0})
+    sb_sphereface2...SettingsError: margin: the type C margin must be >= 0, got -0.5
+    >>> check_loss({"lmf_margin": 1.5}, "hparams/train.yaml", {"loss": "aam"})
     Traceback (most recent call last):
     ...
-    sb_sphereface2.training.settings.SettingsError: compute_cost.lambda_ must be a number > 0 and < 1, got 1.0
+    sb_sphereface2...SettingsError: lmf_margin: the AAM margin must be in [0, 1.5) radians, got 1.5
     """
+    tag, _ = peek_object(stage_file, "compute_cost", overrides)
     if not tag:
         return
-    for key, allowed in LOSS_RANGES.items():
-        if key in args:
-            allowed.check(f"compute_cost.{key}", args[key])
-    kind = "AAM" if "AAM" in tag else args.get("margin_type", "C")
-    allowed = MARGIN_RANGES.get(kind)
-    if allowed is None:
-        raise SettingsError(f"compute_cost.margin_type must be one of C, A, M, got {kind!r}")
-    label = "the AAM margin" if kind == "AAM" else f"the type {kind} margin of the loss"
+    loss_class = pydoc.locate(tag.split(":", 1)[-1])
+    if not (isinstance(loss_class, type) and hasattr(loss_class, "margin_rule")):
+        return  # a loss of the user's own: its constructor checks its margin
+    loss_settings = None
+    settings_tag, settings_args = peek_object(stage_file, "loss_settings", overrides)
+    if settings_tag:
+        try:
+            loss_settings = pydoc.locate(settings_tag.split(":", 1)[-1])(**settings_args)
+        except (TypeError, ValueError) as error:
+            raise SettingsError(f"loss_settings: {error}") from None
+    rule = loss_class.margin_rule(loss_settings)
     for key in MARGIN_KEYS:
         if key in settings:
             try:
-                allowed.check(key, settings[key])
-            except SettingsError:
-                raise SettingsError(
-                    f"{key} must be {allowed.describe()} for {label}, got {settings[key]!r}"
-                ) from None
+                rule(settings[key])
+            except ValueError as error:
+                raise SettingsError(f"{key}: {error}") from None

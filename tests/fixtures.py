@@ -1,4 +1,5 @@
-"""Shared test fixtures: small real and synthetic corpora in VoxCeleb layout.
+"""Shared test fixtures (registered by the root conftest.py, so that the doctests of the
+package reach them too): small real and synthetic corpora in VoxCeleb layout, a model folder.
 
 Both are built once per test session under pytest's temporary folder and must be
 treated as read-only (copy them before damaging files).
@@ -19,6 +20,12 @@ treated as read-only (copy them before damaging files).
     cross-session targets (4 per speaker, 40) and 40 non-targets across speakers, in
     VoxCeleb format (``label enrol.wav test.wav``). Missing source data fails loudly.
 
+``tiny_model_folder`` (session scope) -> Path
+    A model folder as ``recipes/VoxCeleb/train.py`` writes it, without training: the
+    composed ``hparams/train.yaml`` with ``TINY_MODEL`` sizes (ResNet 4-4-8-8, one block
+    per stage, 24 mels, 32-d) and seeded random weights, for the first 12 training
+    speakers of ``librispeech_voxceleb_tree`` (speed 1.0 only: 12 classes).
+
 ``espeak_corpus`` (session scope) -> ``tools.synthetic_corpus.SyntheticCorpus``
     8 espeak-ng speakers x 2 sessions x 2 utterances (3-6 s WAV, 16 kHz), with
     ``trials.txt`` over the last 3 speakers. Needs espeak-ng
@@ -36,6 +43,10 @@ LIBRISPEECH_MINI = Path(__file__).resolve().parents[1] / "data" / "librispeech-m
 SEGMENT_SECONDS = 3.0
 MIN_RECORDING_SECONDS = 6.0
 NUM_TRIAL_SPEAKERS = 20
+# The model of ``tiny_model_folder``: overrides of hparams/train.yaml.
+TINY_MODEL = {"n_mels": 24, "emb_dim": 32, "resnet_channels": [4, 4, 8, 8], "resnet_blocks": [1, 1, 1, 1],
+              "speed_perturb": False}
+TINY_MODEL_SPEAKERS = 12
 
 
 @dataclass
@@ -98,6 +109,33 @@ def librispeech_voxceleb_tree(tmp_path_factory):
     ]
     train_speakers = sorted(set(speakers) - set(trial_speakers))
     return VoxCelebTree(root, speakers, trial_speakers, trial_lists, train_speakers)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folder(librispeech_voxceleb_tree, tmp_path_factory):
+    """A recipe model folder with seeded random weights (see module docstring)."""
+    import torch
+
+    from sb_sphereface2.data.speakers import label_encoder
+    from sb_sphereface2.hparams import load_recipe_hparams
+    from sb_sphereface2.pretrained.card import training_hparams_text
+    from sb_sphereface2.pretrained.folder import inference_hparams_yaml, write_model_folder
+
+    stage = str(Path(__file__).resolve().parents[1] / "hparams" / "train.yaml")
+    base = tmp_path_factory.mktemp("tiny_model")
+    speakers = librispeech_voxceleb_tree.train_speakers[:TINY_MODEL_SPEAKERS]
+    encoder_path = base / "label_encoder.txt"
+    label_encoder(sorted(speakers), str(encoder_path))
+    overrides = {"data_folder": str(librispeech_voxceleb_tree.root), **TINY_MODEL}
+    torch.manual_seed(0)
+    hparams = load_recipe_hparams(stage, overrides, num_classes=len(speakers))
+    states = {name: hparams[name].state_dict() for name in ("embedding_model", "classifier", "compute_cost")}
+    folder = base / "model"
+    write_model_folder(
+        str(folder), inference_hparams_yaml(stage, overrides, num_classes=len(speakers)), states, str(encoder_path),
+        extra_files={"train_hparams.yaml": training_hparams_text(stage, overrides, [1], len(speakers))},
+    )
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,6 @@ m0 + (m1 - m0) p. The paper ramps 0 -> 0.2 over epochs 20-40 of 150. Fractional 
 are allowed (a short run can tie the ramp to a fraction of training).
 """
 
-import math
-
 RAMPS = ("exp", "linear")
 
 
@@ -55,9 +53,8 @@ class MarginScheduler:
                 f"need 0 <= start_epoch <= fix_epoch, got start_epoch={start_epoch}, "
                 f"fix_epoch={fix_epoch}"
             )
-        for name, value in (("final_margin", final_margin), ("initial_margin", initial_margin)):
-            if not math.isfinite(float(value)):
-                raise ValueError(f"{name} must be a finite number, got {value}")
+        # Which margins are valid is the loss's rule: the loss checks both when it is
+        # given this schedule (``CosineMarginLoss``).
         self.final_margin = float(final_margin)
         self.initial_margin = float(initial_margin)
         self.start_epoch = float(start_epoch)

@@ -1,5 +1,6 @@
 """Evaluation lists of the held-out test speakers of a prepared folder, for measuring
-learning: every trial, and the "hard" ones (same-sex non-targets only).
+learning: every trial, and the "hard" ones (same-sex non-targets only); a model folder's
+cosine and AS-norm scores on them.
 
 Data preparation (``test_speakers``) writes ``trials/heldout.txt``: balanced targets and
 non-targets. For minDCF at p = 0.01 a list needs many more non-targets than targets, so
@@ -98,28 +99,54 @@ def embed_csv(model_folder, csv_path):
                          hparams["embedding_model"], progress=False)
 
 
-def evaluate_model_folder(model_folder, data_prep_folder, trial_lists):
-    """EER and minDCF of a model folder on trial lists of held-out items, scored as the
-    recipe scores (cosine after subtracting the mean training embedding).
+def heldout_scores(model_folder, data_prep_folder, trial_lists, top_n=300):
+    """Scores of a model folder on trial lists of held-out items, as the recipe scores
+    them: cosine after subtracting the mean training embedding, and AS-norm against a
+    cohort of per-speaker mean training embeddings (the paper's).
 
     Arguments
     ---------
     model_folder : str
         A recipe model folder (or an exported one).
     data_prep_folder : str
-        Its prepared data (test.csv with the trials' items, train.csv for the mean).
+        Its prepared data (test.csv with the trials' items, train.csv for the mean and
+        the cohort).
     trial_lists : list of TrialList
         E.g. ``[all_heldout_trials(prep), same_sex_trials(...)]``.
+    top_n : int
+        Cohort scores kept per side for AS-norm.
 
     Returns
     -------
     dict
-        ``{list name: metrics of sb_sphereface2.scoring.trial_scores.evaluate}``.
+        ``{list name: {"cosine": scores, "asnorm": scores}}``, float64 arrays in trial order.
     """
-    from sb_sphereface2.scoring.trial_scores import evaluate, score_trials
+    from sb_sphereface2.scoring.trial_scores import build_cohort, score_trial_list
 
     ids, embeddings = embed_csv(model_folder, os.path.join(data_prep_folder, "test.csv"))
-    _, training = embed_csv(model_folder, os.path.join(data_prep_folder, "train.csv"))
-    mean = training.mean(0)
-    return {trials.name: evaluate(score_trials(ids, embeddings, trials, mean=mean), trials.labels)
-            for trials in trial_lists}
+    train_ids, training = embed_csv(model_folder, os.path.join(data_prep_folder, "train.csv"))
+    mean = training.astype(np.float64).mean(0)
+    cohort = build_cohort(training, [speaker_of(u) for u in train_ids], mean=mean)
+    scores = {}
+    for trials in trial_lists:
+        scores[trials.name] = {
+            "cosine": score_trial_list(ids, embeddings, trials, mean=mean).scores,
+            "asnorm": score_trial_list(ids, embeddings, trials, mean=mean, cohort=cohort,
+                                       top_n=min(top_n, len(cohort)), norm="asnorm").scores,
+        }
+    return scores
+
+
+def evaluate_model_folder(model_folder, data_prep_folder, trial_lists):
+    """EER and minDCF of a model folder's cosine scores on trial lists of held-out items
+    (``heldout_scores``).
+
+    Returns
+    -------
+    dict
+        ``{list name: metrics of sb_sphereface2.scoring.metrics.evaluate}``.
+    """
+    from sb_sphereface2.scoring.metrics import evaluate
+
+    scores = heldout_scores(model_folder, data_prep_folder, trial_lists)
+    return {trials.name: evaluate(scores[trials.name]["cosine"], trials.labels) for trials in trial_lists}
