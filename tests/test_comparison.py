@@ -68,7 +68,7 @@ def test_bootstrap_draws_match_the_exact_distribution_over_all_speaker_draws():
     assert np.mean(draws) == pytest.approx(np.mean(usable), abs=0.3)
     assert np.std(draws) == pytest.approx(np.std(usable), rel=0.05)
     # speaker_bootstrap's interval is the percentile interval of exactly these draws.
-    result = speaker_bootstrap(LABELS, ENROL, TEST, SCORES, resamples=20000, seed=0)
+    result = speaker_bootstrap(LABELS, ENROL, TEST, [SCORES], resamples=20000, seed=0)
     low, high = np.percentile(draws, [2.5, 97.5])
     assert (result["eer_percent"]["low"], result["eer_percent"]["high"]) == (pytest.approx(low), pytest.approx(high))
     assert result["eer_percent"]["value"] == pytest.approx(100 * compute_eer(SCORES, LABELS)[0])
@@ -78,10 +78,17 @@ def test_bootstrap_of_a_difference_pairs_the_draws():
     """Both systems see the same draws: a system against itself differs by exactly 0; a
     system better on every target trial of every speaker differs by a non-positive EER
     in every draw."""
-    same = speaker_bootstrap(LABELS, ENROL, TEST, SCORES, SCORES, resamples=1000)
+    same = speaker_bootstrap(LABELS, ENROL, TEST, [SCORES, SCORES], resamples=1000)
     assert same["eer_percent"] == {"value": 0.0, "low": 0.0, "high": 0.0}
     better = np.where(LABELS == 1, SCORES + 0.2, SCORES)
-    diff = speaker_bootstrap(LABELS, ENROL, TEST, better, SCORES, resamples=1000)
+    diff = speaker_bootstrap(LABELS, ENROL, TEST, [better, SCORES], resamples=1000)
     assert diff["eer_percent"]["high"] <= 0 and diff["eer_percent"]["value"] < 0
+    # A contrast of four systems: the degradation of "better" minus that of SCORES, with
+    # the degraded systems equal to the clean ones, is exactly 0 in every draw.
+    none = speaker_bootstrap(LABELS, ENROL, TEST, [better, better, SCORES, SCORES], contrast=(1, -1, -1, 1),
+                             resamples=500)
+    assert none["min_dcf_0.01"] == {"value": 0.0, "low": 0.0, "high": 0.0}
     with pytest.raises(ValueError, match="same trials"):
-        speaker_bootstrap(LABELS, ENROL, TEST, SCORES, SCORES[:-1])
+        speaker_bootstrap(LABELS, ENROL, TEST, [SCORES, SCORES[:-1]])
+    with pytest.raises(ValueError, match="coefficient"):
+        speaker_bootstrap(LABELS, ENROL, TEST, [SCORES, SCORES], contrast=(1,))

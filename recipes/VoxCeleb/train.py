@@ -127,11 +127,17 @@ def per_process_batch(total, world_size):
 
 def label_encoder_for(settings, train_csv):
     """The training label encoder: speakers x speeds (speed-specific classes), built from
-    train.csv, or the pretrained model's when fine-tuning (its head keeps its classes)."""
+    train.csv, or the pretrained model's when fine-tuning (its head keeps its classes).
+
+    The prepared list's encoder lives in the data preparation folder; the encoder of
+    another list (``--train_csv``: noisy or pseudo labels) lives in the run's own output
+    folder, so that runs on different lists can share one preparation folder, even at
+    the same time."""
     labels = speed_labels(read_speakers(train_csv), training_speeds(settings["speed_perturb"]))
     pretrained = settings.get("pretrained_model")
     if not pretrained:
-        path = os.path.join(settings["data_prep_folder"], "label_encoder.txt")
+        folder = settings["output_folder"] if settings.get("train_csv") else settings["data_prep_folder"]
+        path = os.path.join(folder, "label_encoder.txt")
         return label_encoder(labels, path), path
     path = os.path.join(pretrained, "label_encoder.txt")
     encoder = CategoricalEncoder()

@@ -27,6 +27,8 @@ __all__ = [
     "main",
     "pseudo_label",
     "report_path",
+    "split_labelled",
+    "combine_training_lists",
     "write_pseudo_label_csv",
 ]
 
@@ -85,6 +87,81 @@ def write_pseudo_label_csv(in_csv, ids, labels, out_csv, prefix="pseudo", speake
     out_rows = [dict(row, **{speaker_column: label_of[row["ID"]]}) for row in rows]
     write_training_csv(out_csv, fieldnames, out_rows)
     return [row[speaker_column] for row in out_rows]
+
+
+def split_labelled(train_csv, labelled_fraction, labelled_csv, unlabelled_csv, seed=0):
+    """Split a training list by speaker into a labelled part and an unlabelled part (the
+    pseudo-label setting: labels are known for some speakers only).
+
+    Arguments
+    ---------
+    train_csv : str
+        A training CSV with ``spk_id``.
+    labelled_fraction : float
+        Share of the speakers whose labels are kept, in (0, 1).
+    labelled_csv, unlabelled_csv : str
+        Output CSVs (written atomically); the unlabelled one keeps the true ``spk_id``
+        for scoring the clustering only.
+    seed : int
+        Seed of the speaker draw.
+
+    Returns
+    -------
+    tuple of list
+        The labelled and the unlabelled speakers, sorted.
+
+    Example
+    -------
+    >>> import tempfile, os
+    >>> folder = tempfile.mkdtemp()
+    >>> rows = "".join(f"u{i},{s}\\n" for i, s in enumerate("aabbccdd"))
+    >>> _ = open(os.path.join(folder, "t.csv"), "w").write("ID,spk_id\\n" + rows)
+    >>> split_labelled(os.path.join(folder, "t.csv"), 0.5, os.path.join(folder, "l.csv"),
+    ...                os.path.join(folder, "u.csv"), seed=1)
+    (['b', 'c'], ['a', 'd'])
+    """
+    if not 0 < labelled_fraction < 1:
+        raise ValueError(f"labelled_fraction must be in (0, 1), got {labelled_fraction}")
+    fieldnames, rows = read_training_csv(train_csv, required=("ID", "spk_id"))
+    speakers = sorted({row["spk_id"] for row in rows})
+    count = int(round(labelled_fraction * len(speakers)))
+    if not 1 <= count < len(speakers):
+        raise ValueError(f"{train_csv}: {len(speakers)} speakers cannot be split {labelled_fraction:g} / "
+                         f"{1 - labelled_fraction:g}")
+    rng = np.random.default_rng(seed)
+    labelled = sorted(rng.choice(speakers, size=count, replace=False).tolist())
+    kept = set(labelled)
+    write_training_csv(labelled_csv, fieldnames, [row for row in rows if row["spk_id"] in kept])
+    write_training_csv(unlabelled_csv, fieldnames, [row for row in rows if row["spk_id"] not in kept])
+    return labelled, sorted(set(speakers) - kept)
+
+
+def combine_training_lists(csv_paths, out_csv):
+    """One training list of the rows of several (e.g. the labelled part and the
+    pseudo-labelled part); their columns must agree and IDs must not repeat.
+
+    Example
+    -------
+    >>> import tempfile, os
+    >>> folder = tempfile.mkdtemp()
+    >>> for name, text in (("a.csv", "ID,spk_id\\nu1,a\\n"), ("b.csv", "ID,spk_id\\nu2,pseudo1\\n")):
+    ...     _ = open(os.path.join(folder, name), "w").write(text)
+    >>> combine_training_lists([os.path.join(folder, "a.csv"), os.path.join(folder, "b.csv")],
+    ...                        os.path.join(folder, "all.csv"))
+    2
+    """
+    fieldnames, combined = None, []
+    for path in csv_paths:
+        names, rows = read_training_csv(path, required=("ID", "spk_id"))
+        if fieldnames is not None and names != fieldnames:
+            raise ValueError(f"{path}: columns {names} differ from {fieldnames}")
+        fieldnames = names
+        combined.extend(rows)
+    ids = [row["ID"] for row in combined]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"the lists {', '.join(map(str, csv_paths))} share utterance IDs")
+    write_training_csv(out_csv, fieldnames, combined)
+    return len(combined)
 
 
 def report_path(out_csv):

@@ -5,8 +5,8 @@ test set's own uncertainty.
   minus system B, both trained with the same seed: the same data split, initial weights
   and batch order) with its Student-t confidence interval over the seeds, and how many
   seeds favour each side;
-- ``speaker_bootstrap(...)``: a percentile interval of a metric, or of the difference
-  between two systems scored on the same trials, when the held-out *speakers* are
+- ``speaker_bootstrap(...)``: a percentile interval of a metric, of the difference
+  between two systems scored on the same trials, or of any contrast of systems, when the held-out *speakers* are
   resampled with their trials (trials share speakers, so resampling trials would
   overstate the certainty). A resample draws speakers with replacement; a target trial of
   a speaker drawn k times counts k times, a non-target trial of two speakers drawn k and
@@ -98,10 +98,11 @@ def resample_weights(enrol_speakers, test_speakers, resamples, seed=0):
     return np.where(same, draws[:, enrol], draws[:, enrol] * draws[:, test])
 
 
-def speaker_bootstrap(labels, enrol_speakers, test_speakers, scores_a, scores_b=None, resamples=1000,
+def speaker_bootstrap(labels, enrol_speakers, test_speakers, systems, contrast=None, resamples=1000,
                       confidence=0.95, seed=0, chunk=100):
-    """Speaker-level bootstrap intervals of EER (%) and minDCF (p = 0.01) of system A, or
-    of A minus B when ``scores_b`` (the same trials) is given.
+    """Speaker-level bootstrap intervals of EER (%) and minDCF (p = 0.01) of a contrast of
+    systems scored on the same trials: one system, A minus B, or any weighted sum (e.g.
+    the noise degradation of A minus that of B: +A_noisy - A_clean - B_noisy + B_clean).
 
     Arguments
     ---------
@@ -109,53 +110,60 @@ def speaker_bootstrap(labels, enrol_speakers, test_speakers, scores_a, scores_b=
         1 target, 0 non-target [N].
     enrol_speakers, test_speakers : sequence of str
         The speaker of each trial's two sides.
-    scores_a, scores_b : array-like
-        Scores of the systems [N].
+    systems : sequence of array-like
+        Scores [N] of each system.
+    contrast : sequence of float, optional
+        Coefficient of each system's metric (default: 1 for one system, (1, -1) for two).
     resamples : int
         Bootstrap draws (>= 1,000 for a 95 % interval).
     confidence : float
         Coverage of the percentile interval.
     seed : int
-        Seed of the draws (the same draws for every system compared).
+        Seed of the draws (the same draws for every system).
     chunk : int
         Draws evaluated at a time (memory: chunk x N weights).
 
     Returns
     -------
     dict
-        For each metric: ``value`` (on the trials as they are), ``low``, ``high``.
+        For each metric: ``value`` (the contrast on the trials as they are), ``low``,
+        ``high``.
 
     Example
     -------
     >>> labels = [1, 0, 1, 0, 1, 0]
     >>> enrol, test = ["a", "a", "b", "b", "c", "c"], ["a", "b", "b", "c", "c", "a"]
-    >>> r = speaker_bootstrap(labels, enrol, test, [0.9, 0.1, 0.8, 0.2, 0.7, 0.3], resamples=200)
+    >>> r = speaker_bootstrap(labels, enrol, test, [[0.9, 0.1, 0.8, 0.2, 0.7, 0.3]], resamples=200)
     >>> r["eer_percent"]
     {'value': 0.0, 'low': 0.0, 'high': 0.0}
     """
     labels = np.asarray(labels)
-    systems = [np.asarray(scores_a, dtype=np.float64)]
-    if scores_b is not None:
-        systems.append(np.asarray(scores_b, dtype=np.float64))
+    systems = [np.asarray(s, dtype=np.float64) for s in systems]
+    if contrast is None:
+        contrast = (1.0,) if len(systems) == 1 else (1.0, -1.0)
+    if len(contrast) != len(systems) or not systems:
+        raise ValueError(f"need one contrast coefficient per system, got {len(contrast)} for {len(systems)}")
     if any(s.shape != labels.shape for s in systems) or len(enrol_speakers) != labels.size:
         raise ValueError("scores, labels and speakers must describe the same trials")
-    point = [error_rates(s, labels) for s in systems]
-    value = {m: point[0][m] - (point[1][m] if len(point) > 1 else 0.0) for m in METRICS}
+
+    def combined(weights=None):
+        rates = [error_rates(s, labels, weights) for s in systems]
+        return {m: sum(c * r[m] for c, r in zip(contrast, rates)) for m in METRICS}
+
+    value = combined()
     weights = resample_weights(enrol_speakers, test_speakers, resamples, seed)
-    # A draw whose speakers give no target or no non-target trial is redrawn implicitly:
-    # it is left out (with tens of speakers this does not happen).
+    # A draw whose speakers give no target or no non-target trial is left out (with tens
+    # of speakers this does not happen).
     usable = ((weights * labels).sum(1) > 0) & ((weights * (1 - labels)).sum(1) > 0)
     weights = weights[usable]
     draws = {m: [] for m in METRICS}
     for first in range(0, len(weights), chunk):
-        part = weights[first:first + chunk]
-        rates = [error_rates(s, labels, part) for s in systems]
+        part = combined(weights[first:first + chunk])
         for m in METRICS:
-            draws[m].append(rates[0][m] - (rates[1][m] if len(rates) > 1 else 0.0))
+            draws[m].append(np.atleast_1d(part[m]))
     tail = 100 * (1 - confidence) / 2
     result = {}
     for m in METRICS:
-        values = np.concatenate(draws[m])
-        low, high = np.percentile(values, [tail, 100 - tail])
+        low, high = np.percentile(np.concatenate(draws[m]), [tail, 100 - tail])
         result[m] = {"value": float(value[m]), "low": float(low), "high": float(high)}
     return result

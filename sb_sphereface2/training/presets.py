@@ -24,9 +24,11 @@ audio, a documented set of overrides that learns in minutes on two CPU cores:
 Corpora of at least ``LARGE_SPEAKERS`` speakers and ``LARGE_HOURS`` hours get no
 preset: the paper's recipe is made for them.
 
-    python -m sb_sphereface2.training.presets data/librispeech-mini
+    python -m sb_sphereface2.training.presets data/librispeech-mini [--stage finetune]
 
-prints the choice and its reasons; ``--args`` prints only the overrides, one per line,
+prints the choice and its reasons (``--stage finetune``: the overrides of
+``hparams/finetune.yaml``, large-margin fine-tuning of a stage-1 model, see
+:func:`small_data_finetune_preset`); ``--args`` prints only the overrides, one per line,
 for ``recipes/VoxCeleb/train.py``; ``--save FILE`` writes them to a file
 (``recipes/VoxCeleb/demo.sh`` does this).
 """
@@ -60,6 +62,12 @@ SMALL_MODEL = {
     "resnet_blocks": "[1,1,1,1]",
     "emb_dim": 128,
 }
+# Stage 2 (hparams/finetune.yaml, large-margin fine-tuning) on a small corpus: crops
+# longer than stage 1's but within the shortest segment (300 frames would need 3.015 s),
+# the stage file's epochs, lr and fixed lmf_margin, with stage 1's optimiser and batch.
+FINETUNE_CROP_SECONDS = 2.995  # 298 frames: (298 - 1) x 10 ms + 25 ms, inside a 3 s segment
+FINETUNE_KEPT = ("lr", "final_lr", "warmup_epochs", "warm_from_zero", "number_of_epochs", "margin",
+                 "margin_start_epoch", "margin_fix_epoch", "average_last", "crop_seconds")
 SMALL_OPTIMISER = {
     "opt_class": "!name:torch.optim.Adam",
     "lr": 0.006,          # x batch 32 / 64 (the lr scale of hparams/train.yaml): a peak of 3e-3
@@ -219,17 +227,61 @@ def small_data_preset(size, loss="sphereface2_c", trial_list=False):
     return Preset("small-data", overrides, notes)
 
 
+def small_data_finetune_preset(size, loss="sphereface2_c", trial_list=False):
+    """Stage 2 (``hparams/finetune.yaml``) on the corpus of a stage-1 small-data preset.
+
+    The stage-1 preset's data and model overrides (the same prepared data and held-out
+    speakers, the same small ResNet) and its optimiser (Adam, batch 32); from the stage
+    file, unchanged: its 5 epochs, its lr (1e-4 to 2.5e-5, scaled by batch / 64, one
+    warm-up epoch from zero), its fixed margin ``lmf_margin`` of the loss block from the
+    first iteration, no speed perturbation, the last epoch kept. Crops:
+    ``FINETUNE_CROP_SECONDS``, about three times stage 1's and inside the shortest segment.
+
+    Arguments
+    ---------
+    size, loss, trial_list
+        As in :func:`small_data_preset`.
+
+    Returns
+    -------
+    Preset
+
+    Example
+    -------
+    >>> preset = small_data_finetune_preset(CorpusSize(speakers=251, files=251, minutes=52.35, items=926))
+    >>> {k: preset.overrides[k] for k in ("crop_seconds", "batch_size", "test_speakers")}
+    {'crop_seconds': 2.995, 'batch_size': 32, 'test_speakers': 60}
+    >>> "lr" in preset.overrides or "margin" in preset.overrides
+    False
+    """
+    first = small_data_preset(size, loss, trial_list)
+    if first.name == "none":
+        return first
+    overrides = {k: v for k, v in first.overrides.items() if k not in FINETUNE_KEPT or k == "crop_seconds"}
+    overrides.update(crop_seconds=FINETUNE_CROP_SECONDS, opt_class=SMALL_OPTIMISER["opt_class"])
+    notes = [first.notes[0].replace("small-data preset", "small-data fine-tuning preset"),
+             *[n for n in first.notes[1:3]],
+             f"stage 2 of hparams/finetune.yaml: its epochs, lr and fixed lmf_margin; {FINETUNE_CROP_SECONDS:g} s "
+             f"crops (stage 1: {CROP_SECONDS:g} s); Adam and batch {BATCH_SIZE} as stage 1"]
+    return Preset("small-data", overrides, notes)
+
+
+STAGES = {"train": small_data_preset, "finetune": small_data_finetune_preset}
+
+
 def main(argv=None):
     """Command line: print the preset of a corpus folder."""
     parser = argparse.ArgumentParser(prog="python -m sb_sphereface2.training.presets",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("data_folder", help="folder of <speaker>/<recording> or <speaker>/<session>/<utt> audio")
     parser.add_argument("--loss", default="sphereface2_c", help="the loss block (default: sphereface2_c)")
+    parser.add_argument("--stage", default="train", choices=sorted(STAGES),
+                        help="train (hparams/train.yaml, default) or finetune (hparams/finetune.yaml)")
     parser.add_argument("--trial-list", action="store_true", help="a trial list is given: no held-out test speakers")
     parser.add_argument("--args", action="store_true", help="print only the overrides, one per line")
     parser.add_argument("--save", metavar="FILE", help="also write the overrides to FILE, one per line")
     args = parser.parse_args(argv)
-    preset = small_data_preset(measure_corpus(args.data_folder), args.loss, args.trial_list)
+    preset = STAGES[args.stage](measure_corpus(args.data_folder), args.loss, args.trial_list)
     if args.save:
         write_text_atomic(args.save, "".join(f"{argument}\n" for argument in preset.arguments()))
     if args.args:
