@@ -15,10 +15,11 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-DATA ?=
+# DATA: a corpus folder, or "synthetic" (espeak-ng voices); default: the shipped real speech.
+DATA ?= data/librispeech-mini
 OUT ?= demo_output
 demo: $(STAMP)
-	@command -v espeak-ng >/dev/null || [ -n "$(DATA)" ] || apt-get install -y -q espeak-ng >/dev/null || \
+	@command -v espeak-ng >/dev/null || [ "$(DATA)" != synthetic ] || apt-get install -y -q espeak-ng >/dev/null || \
 	    (apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null)
 	PY=$(abspath $(PY)) recipes/VoxCeleb/demo.sh "$(DATA)" "$(OUT)"
 

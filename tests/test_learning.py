@@ -1,5 +1,5 @@
 """The recipe learns speaker identity from real speech (librispeech-mini, LibriSpeech
-train-clean-100, CC BY 4.0): ``make demo DATA=data/librispeech-mini`` end to end.
+train-clean-100, CC BY 4.0, shipped in data/): ``make demo`` end to end, its default corpus.
 
 ``recipes/VoxCeleb/demo.sh`` runs the small-data preset (``sb_sphereface2.training.presets``;
 38 epochs, about 3.5 min on 2 CPU cores), scores the held-out test speakers, runs the MFCC
@@ -24,7 +24,7 @@ import pytest
 
 from sb_sphereface2.scoring.mfcc_baseline import mfcc_baseline_scores
 from sb_sphereface2.scoring.metrics import evaluate
-from tools.heldout_trials import all_heldout_trials, evaluate_model_folder
+from sb_sphereface2.scoring.heldout import all_heldout_trials, evaluate_model_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRISPEECH_MINI = ROOT / "data" / "librispeech-mini"
@@ -38,7 +38,8 @@ def demo(tmp_path_factory):
         pytest.fail(f"librispeech-mini not found at {LIBRISPEECH_MINI} (shipped in the repository: data/librispeech-mini)")
     out = tmp_path_factory.mktemp("demo") / "out"
     env = dict(os.environ, PY=sys.executable)
-    result = subprocess.run(["bash", "recipes/VoxCeleb/demo.sh", str(LIBRISPEECH_MINI), str(out)],
+    # No data folder: the demo's default corpus is the shipped librispeech-mini.
+    result = subprocess.run(["bash", "recipes/VoxCeleb/demo.sh", "", str(out)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result.stdout

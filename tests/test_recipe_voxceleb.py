@@ -2,7 +2,6 @@
 prepare -> train -> large-margin fine-tune -> score, with a tiny model; resume after a kill;
 one-line errors for bad input. (LibriSpeech, CC BY 4.0.)"""
 
-import csv
 import json
 import signal
 import subprocess
@@ -199,39 +198,3 @@ def test_bad_input_is_a_one_line_error(case, librispeech_voxceleb_tree, tmp_path
     assert expected in last
     assert "Traceback" not in result.stderr
     assert not (out / "model").exists() and not (out / "data" / "train.csv").exists()
-
-
-@pytest.mark.slow
-def test_noisy_label_experiment_runs_end_to_end(librispeech_voxceleb_tree, tmp_path):
-    """recipes/VoxCeleb/noisy_labels.py on tiny data, one seed: every condition x loss is
-    trained and scored on the given trials, the noisy list relabels what its report says,
-    the pseudo-labels have the given speaker count, and a second call resumes (no run
-    is repeated)."""
-    from sb_sphereface2.data.trials import read_trials
-
-    tree = librispeech_voxceleb_tree
-    out = tmp_path / "noise"
-    train_args = " ".join(tiny(number_of_epochs=1, dev_speakers=0))
-    args = (f"--data_folder={tree.root}", f"--trials={tree.trial_lists[0]}", f"--output_folder={out}",
-            "--fractions", "0.5", "--seeds", "7", f"--train_args={train_args}")
-    run(ROOT / "recipes" / "VoxCeleb" / "noisy_labels.py", *args)
-    results = json.loads((out / "results.json").read_text())
-    conditions = ("clean", "noise 0.5 (merge)", "pseudo-labels")
-    assert set(results["results"]) == {f"{c} / {loss}" for c in conditions for loss in ("sphereface2_c", "aam")}
-    assert set(results["runs"]) == {f"{key} / 7" for key in results["results"]}
-    trials = read_trials(tree.trial_lists[0])
-    for row in results["runs"].values():
-        assert (row["trials"], row["targets"]) == (len(trials), int(trials.labels.sum()))
-    clean = list(csv.DictReader(open(out / "data" / "train.csv", newline="")))
-    noisy = list(csv.DictReader(open(out / "noise0.5_7.csv", newline="")))
-    assert [r["ID"] for r in noisy] == [r["ID"] for r in clean]  # the same utterances, some relabelled
-    details = results["settings"]["details"]
-    relabelled = sum(a["spk_id"] != b["spk_id"] for a, b in zip(clean, noisy))
-    assert relabelled == details["noise0.5/7"]["num_relabelled"] > 0
-    assert details["pseudo/7"]["num_clusters"] == len({r["spk_id"] for r in clean})  # the speaker count is given
-    models = sorted(out.glob("*/7/model/embedding_model.ckpt"))
-    assert len(models) == 6
-    stamps = [m.stat().st_mtime_ns for m in models]
-    run(ROOT / "recipes" / "VoxCeleb" / "noisy_labels.py", *args)  # resumes: nothing retrained
-    assert [m.stat().st_mtime_ns for m in models] == stamps
-    assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
