@@ -20,6 +20,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -286,11 +287,12 @@ def write_manifest(path, inputs, folder, output_names):
     write_json_atomic(path, {"inputs": inputs, "outputs": outputs})
 
 
-def plain_value(value, keep=None):
+def plain_value(value, keep=None, strict_json=False):
     """``value`` as plain Python data for a JSON or yaml file: mappings (keys as strings),
     lists, bool, None, int, float and str (subclasses such as ruamel's scalars become their
     base type), 0-d tensors and numpy scalars as numbers, anything else as its ``str``.
-    ``keep(v)`` False drops a mapping's entry.
+    ``keep(v)`` False drops a mapping's entry; ``strict_json`` writes non-finite floats
+    (an ``inf`` threshold) as None.
 
     Example
     -------
@@ -299,18 +301,23 @@ def plain_value(value, keep=None):
     [1, 0.5]
     >>> plain_value({"a": 1, "b": "!x"}, keep=lambda v: not str(v).startswith("!"))
     {'a': 1}
+    >>> plain_value([float("inf"), np.int64(3)], strict_json=True)
+    [None, 3]
     """
     if isinstance(value, dict):
-        return {str(k): plain_value(v, keep) for k, v in value.items() if keep is None or keep(v)}
+        return {str(k): plain_value(v, keep, strict_json) for k, v in value.items() if keep is None or keep(v)}
     if isinstance(value, (list, tuple)):
-        return [plain_value(v, keep) for v in value]
+        return [plain_value(v, keep, strict_json) for v in value]
     if isinstance(value, bool) or value is None:
         return value
-    for kind in (int, float, str):
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # tensor or numpy scalar
+        value = value.item()
+    if isinstance(value, float):
+        value = float(value)
+        return None if strict_json and not math.isfinite(value) else value
+    for kind in (int, str):
         if isinstance(value, kind):
             return kind(value)
-    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # tensor or numpy scalar
-        return value.item()
     return str(value)
 
 

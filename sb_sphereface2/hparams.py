@@ -36,7 +36,7 @@ import sys
 import ruamel.yaml
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 
-from sb_sphereface2.errors import one_line
+from sb_sphereface2.errors import fail, one_line
 from sb_sphereface2.files import plain_value
 
 BLOCK_KEYS = {"model": "models", "loss": "losses", "features": "features"}
@@ -296,8 +296,7 @@ def main(argv=None):
         stage_file, _, overrides = sb.parse_arguments(argv)
         sys.stdout.write(compose_hparams_yaml(stage_file, overrides))
     except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error, 2)
     return 0
 
 

@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from sb_sphereface2.hparams import load_recipe_hparams, parse_overrides
+from sb_sphereface2.errors import fail
 
 
 def iterations_per_epoch(utterances, total_batch, world_size=1):
@@ -86,8 +87,7 @@ def main(argv=None):
         hparams = load_recipe_hparams(args.stage, overrides)
         rows = schedule_rows(hparams, args.utterances, args.world_size)
     except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error, 2)
     print(f"# {args.stage}: {args.utterances} utterances, total batch {hparams['batch_size']} over "
           f"{args.world_size} process(es), {rows[0][1]} iterations per epoch")
     print(f"{'epoch':>5} {'iterations':>10} {'lr':>12} {'margin':>8}")

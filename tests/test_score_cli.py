@@ -257,7 +257,7 @@ def test_a_failed_run_leaves_the_previous_results(workspace, monkeypatch, capsys
     monkeypatch.setattr(cli, "plot_score_histogram", disk_full)  # after scores and tables are written
     assert run(["--embeddings", str(tmp / "test.npz"), "--trials", list_a, list_b, "--output-dir", str(out),
                 "--quiet"]) == 1
-    assert capsys.readouterr().err == f"error: cannot write the output folder {out}: No space left on device\n"
+    assert capsys.readouterr().err == f"error: cannot write the output folder {out}: No space left on device [Errno 28]\n"
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp.iterdir() if p.name.startswith(".kept")) == [".kept.lock"]
 

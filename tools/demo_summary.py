@@ -20,6 +20,7 @@ import torch
 
 from sb_sphereface2.data.audio import read_segment
 from sb_sphereface2.data.trials import read_trials
+from sb_sphereface2.errors import fail
 
 PAIRS_PER_KIND = 100
 
@@ -87,4 +88,4 @@ if __name__ == "__main__":
     try:
         main()
     except (ValueError, FileNotFoundError, KeyError) as error:
-        sys.exit(f"error: {error}")
+        sys.exit(fail(error, 1))

@@ -18,6 +18,7 @@ sb_sphereface2/pretrained/export.py and docs/pretrained_models.md.
 
 import argparse
 import sys
+from sb_sphereface2.errors import fail
 
 
 def build_parser():
@@ -59,5 +60,4 @@ if __name__ == "__main__":
     try:
         main()
     except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(fail(error, 1))

@@ -34,6 +34,7 @@ import speechbrain as sb
 from sb_sphereface2.data.dataio import utterance_dataset
 from sb_sphereface2.data.prepare import CSV_HEADER
 from sb_sphereface2.data.trials import read_trials
+from sb_sphereface2.errors import fail, os_error_line
 from sb_sphereface2.files import file_sha256, write_csv_atomic
 from sb_sphereface2.hparams import parse_overrides, peek_hparams
 from sb_sphereface2.scoring import cli as scorer
@@ -41,7 +42,6 @@ from sb_sphereface2.scoring.embed import embed_dataset
 from sb_sphereface2.scoring.embeddings_io import save_embeddings
 from sb_sphereface2.scoring.output_folder import (
     OutputFolderError,
-    describe_os_error,
     exclusive_output_folder,
 )
 from sb_sphereface2.scoring.reports import write_results
@@ -195,6 +195,6 @@ if __name__ == "__main__":
     try:
         main(sys.argv[1:])
     except (ValueError, OutputFolderError) as error:  # bad input or a busy folder: one line
-        sys.exit(f"error: {error}")
+        sys.exit(fail(error, 1))
     except OSError as error:  # the operating system: the path and the cause
-        sys.exit(f"error: {describe_os_error(error)}")
+        sys.exit(fail(os_error_line(error), 1))

@@ -28,6 +28,7 @@ from collections import defaultdict
 import numpy as np
 
 from sb_sphereface2.data.training_csv import read_training_csv, write_training_csv
+from sb_sphereface2.errors import fail
 from sb_sphereface2.files import sidecar_path, write_json_atomic
 
 MODES = ("merge", "split", "mixed")
@@ -245,8 +246,7 @@ def main(argv=None):
             merge_share=args.merge_share,
         )
     except (ValueError, FileNotFoundError) as error:
-        print(f"label_noise: error: {error}", file=sys.stderr)
-        return 2
+        return fail(error, 2)
     print(
         f"corrupted {report['num_corrupted']} of {report['num_speakers']} speakers "
         f"({report['num_merged']} merged, {report['num_split']} split), relabelled "

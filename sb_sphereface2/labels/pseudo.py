@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from sb_sphereface2.data.training_csv import read_training_csv, write_training_csv
+from sb_sphereface2.errors import fail
 from sb_sphereface2.files import sidecar_path, write_json_atomic
 from sb_sphereface2.labels.clustering import METHODS, cluster_embeddings, estimate_num_speakers
 from sb_sphereface2.labels.scores import clustering_scores
@@ -302,8 +303,7 @@ def main(argv=None):
             seed=args.seed,
         )
     except (ValueError, FileNotFoundError) as error:
-        print(f"pseudo_labels: error: {error}", file=sys.stderr)
-        return 2
+        return fail(error, 2)
     line = f"{report['num_utterances']} utterances -> {report['num_clusters']} pseudo speakers"
     if report["scores"] is not None:
         s = report["scores"]

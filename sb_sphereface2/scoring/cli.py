@@ -27,11 +27,8 @@ from sb_sphereface2.data.trials import read_trials
 from sb_sphereface2.scoring.calibration import LogisticCalibration
 from sb_sphereface2.scoring.embeddings_io import read_embeddings
 from sb_sphereface2.scoring.normalization import NORM_METHODS
-from sb_sphereface2.scoring.output_folder import (
-    OutputFolderError,
-    describe_os_error,
-    exclusive_output_folder,
-)
+from sb_sphereface2.errors import fail, os_error_line
+from sb_sphereface2.scoring.output_folder import OutputFolderError, exclusive_output_folder
 from sb_sphereface2.scoring.plots import plot_det, plot_score_histogram
 from sb_sphereface2.scoring.quality import MAX_DURATION, QUALITY_MEASURES, quality_features
 from sb_sphereface2.scoring.reports import describe_model, write_results, write_scores
@@ -246,11 +243,9 @@ def run(argv=None):
     try:
         main(argv)
     except (ValueError, OutputFolderError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return fail(error, 1)
     except OSError as error:
-        print(f"error: {describe_os_error(error)}", file=sys.stderr)
-        return 1
+        return fail(os_error_line(error), 1)
     return 0
 
 

@@ -28,6 +28,7 @@ from sb_sphereface2.data.trials import read_trials
 from sb_sphereface2.files import write_json_atomic
 from sb_sphereface2.scoring.trial_scores import score_trial_list
 from sb_sphereface2.scoring.metrics import evaluate
+from sb_sphereface2.errors import fail
 
 N_MFCC = 20
 
@@ -179,4 +180,4 @@ if __name__ == "__main__":
     try:
         main()
     except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+        sys.exit(fail(error, 1))

@@ -24,29 +24,14 @@ import os
 
 import filelock
 
+from sb_sphereface2.errors import os_error_line
 from sb_sphereface2.files import atomic_folder, remove_stale_temporaries, write_text_atomic
 
-__all__ = ["OutputFolderError", "exclusive_output_folder", "describe_os_error"]
+__all__ = ["OutputFolderError", "exclusive_output_folder"]
 
 
 class OutputFolderError(RuntimeError):
     """The output folder is in use by another run, or cannot be written."""
-
-
-def describe_os_error(error):
-    """``<path>: <cause>`` for an OSError (its message when it names no file).
-
-    Example
-    -------
-    >>> import errno
-    >>> describe_os_error(OSError(errno.ENOSPC, "No space left on device", "/out/scores.txt"))
-    '/out/scores.txt: No space left on device'
-    >>> describe_os_error(FileNotFoundError("model folder not found: /m"))
-    'model folder not found: /m'
-    """
-    if getattr(error, "filename", None) and getattr(error, "strerror", None):
-        return f"{error.filename}: {error.strerror}"
-    return getattr(error, "strerror", None) or str(error)
 
 
 def _holder(pid_file):
@@ -141,7 +126,7 @@ def exclusive_output_folder(path):
     pid_file = f"{lock_file}.pid"
 
     def unwritable(error):
-        return OutputFolderError(f"cannot write the output folder {path}: {describe_os_error(error)}")
+        return OutputFolderError(f"cannot write the output folder {path}: {os_error_line(error)}")
 
     try:
         os.makedirs(parent, exist_ok=True)

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from sb_sphereface2.files import write_text_atomic
+from sb_sphereface2.files import plain_value, write_text_atomic
 
 __all__ = ["write_scores", "write_results", "describe_model"]
 
@@ -69,19 +69,6 @@ def _table(results, columns):
         cells = [fmt.format(values[key]) if values.get(key) is not None else "" for key, _, fmt in columns]
         rows.append(f"| {list_name} | " + " | ".join(cells) + " |")
     return "\n".join([header, rule, *rows])
-
-
-def _json_safe(value):
-    """Replace non-finite floats (an ``inf`` threshold) by None so the JSON stays strict."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def describe_model(model):
@@ -168,7 +155,8 @@ def write_results(out_dir, results, settings=None, title="Verification results",
         markdown += ["Settings:", ""] + [f"- {key}: {value}" for key, value in settings.items()] + [""]
     markdown.append(f"Written {stamp}. minDCF uses C_miss = C_fa = 1, normalised.")
     write_text_atomic(os.path.join(out_dir, "results.md"), "\n".join(markdown) + "\n")
-    document = {"results": _json_safe(results), "settings": _json_safe(settings or {}),
-                "model": _json_safe(model), "written": stamp}
+    document = {"results": plain_value(results, strict_json=True),
+                "settings": plain_value(settings or {}, strict_json=True),
+                "model": plain_value(model, strict_json=True), "written": stamp}
     write_text_atomic(os.path.join(out_dir, "results.json"), json.dumps(document, indent=2) + "\n")
     return table

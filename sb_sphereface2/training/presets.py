@@ -44,6 +44,7 @@ from sb_sphereface2.data.audio_files import find_audio_files
 from sb_sphereface2.data.heldout import MIN_DEV_SPEAKERS
 from sb_sphereface2.data.trials import speaker_of
 from sb_sphereface2.files import write_text_atomic
+from sb_sphereface2.errors import fail
 
 LARGE_SPEAKERS = 1000
 LARGE_HOURS = 100.0
@@ -296,4 +297,4 @@ if __name__ == "__main__":
     try:
         main()
     except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+        sys.exit(fail(error, 1))
