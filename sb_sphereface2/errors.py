@@ -60,13 +60,20 @@ def os_error_line(error):
     return f"{path}{second}: {cause}"
 
 
-def check_writable(folder):
+def check_writable(folder, what="the output folder"):
     """Create ``folder`` if needed and check that a file can be written in it.
+
+    Arguments
+    ---------
+    folder : str or path
+        The folder.
+    what : str
+        How the error names it ("cannot write <what> <folder>: <cause>").
 
     Raises
     ------
     OSError
-        "cannot write the output folder <folder>: <cause>" (``os_error_line`` formats it).
+        "cannot write <what> <folder>: <cause>" (``os_error_line`` formats it).
 
     Example
     -------
@@ -86,7 +93,7 @@ def check_writable(folder):
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as error:
-        raise OSError(error.errno, f"cannot write the output folder {folder}: {error.strerror}") from None
+        raise OSError(error.errno, f"cannot write {what} {folder}: {error.strerror}") from None
     finally:
         if os.path.lexists(probe):
             os.remove(probe)

@@ -26,11 +26,9 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-
-from sb_sphereface2.data.augmentation import prepare_musan, prepare_rir  # noqa: E402
-from sb_sphereface2.data.prepare import prepare_voxceleb  # noqa: E402
-from sb_sphereface2.data.segments import SEGMENTATION_MODES  # noqa: E402
+from sb_sphereface2.data.augmentation import prepare_musan, prepare_rir
+from sb_sphereface2.data.prepare import prepare_voxceleb
+from sb_sphereface2.data.split import SEGMENTATION_MODES
 
 
 def main(argv=None):

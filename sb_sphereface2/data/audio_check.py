@@ -1,31 +1,317 @@
-"""The audio check of data preparation: every file decoded once, in parallel, cached.
+"""A corpus's audio files and their check: finding them, decoding each once, caching the verdict.
 
-:func:`check_audio` gives an :class:`~sb_sphereface2.data.audio_inspect.AudioReport`
-for every file. Reports are cached in ``<save_folder>/audio_check_v1/part-*.csv``, keyed
-by the file's path, size and modification time, and written while the check runs: a
-rerun, or a run after an interruption, decodes only the files it has not seen. Files
+**Finding** (:func:`find_audio_files`): ``<root>/<speaker>/<recording>`` and
+``<root>/<speaker>/<session>/<utterance>`` (``.wav``, ``.flac``), in any mix. A file's
+utterance ID is its path relative to the root without extension
+(:func:`sb_sphereface2.data.trials.utterance_id`); its session is its session folder, or
+the file itself when it sits directly in its speaker folder. Only names, sizes and
+modification times are read (cheap, even for a million files).
+
+**Decoding one file** (:func:`inspect_audio`): the file is read in blocks (a long
+recording never sits in memory whole) and the function never raises: a file libsndfile
+cannot open or decode gives a report with the decoder's message. It also finds where
+speech starts and stops: 20 ms frames more than 40 dB below the loudest frame (or below
+-70 dBFS) at either end are silence, trimmed when a recording is cut into segments
+(:mod:`sb_sphereface2.data.split`). :func:`audio_problem` turns a report into a reason to
+reject the file.
+
+**The check of data preparation** (:func:`check_audio`, :func:`screen_audio`): an
+:class:`AudioReport` for every file, cached in ``<save_folder>/audio_check_v1/part-*.csv``
+keyed by the file's path, size and modification time, and written while the check runs:
+a rerun, or a run after an interruption, decodes only the files it has not seen. Files
 are decoded in worker processes (``concurrent.futures``, 32 files per task) with at most
-four tasks per worker in flight, so memory does not grow with the number of files
-beyond one small report per file. :func:`screen_audio` applies the verdict of
-:func:`~sb_sphereface2.data.audio_inspect.audio_problem`: the bad files are listed in
-``bad_audio.txt`` and preparation stops, or they are dropped.
+four tasks per worker in flight, so memory does not grow with the number of files beyond
+one small report per file. The bad files are listed in ``bad_audio.txt`` and preparation
+stops, or they are dropped.
 """
 
 import concurrent.futures
 import concurrent.futures.process
 import csv
 import glob
+import hashlib
+import logging
 import multiprocessing
 import os
-import logging
 import time
+from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
+import soundfile
 from tqdm.auto import tqdm
 
-from sb_sphereface2.data.audio_inspect import AudioReport, audio_problem, inspect_audio
+from sb_sphereface2.data.trials import utterance_id
+from sb_sphereface2.errors import one_line
 from sb_sphereface2.files import atomic_write, write_text_atomic
 
+# --- audio files --------------------------------------------------------------------------
+
 logger = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac")
+
+
+@dataclass(slots=True)
+class AudioFile:
+    """One audio file found on disk.
+
+    Arguments
+    ---------
+    utt_id : str
+        Path relative to its root without extension, e.g. ``id10270/x6uYqmx31kE/00001``.
+    path : str
+        Absolute path of the audio file.
+    size : int
+        File size in bytes.
+    mtime_ns : int
+        Modification time in nanoseconds.
+    session : str
+        ``speaker/session`` for a file in a session folder; its own ID for a file
+        directly in its speaker folder.
+    """
+
+    utt_id: str
+    path: str
+    size: int
+    mtime_ns: int
+    session: str
+
+
+def find_audio_files(data_folder):
+    """All ``<speaker>/<recording>`` and ``<speaker>/<session>/<utterance>`` audio files
+    (``.wav``, ``.flac``) under one root.
+
+    Hidden files (names starting with ``.``, e.g. unfinished conversions) are ignored.
+
+    Arguments
+    ---------
+    data_folder : str or os.PathLike
+        Folder that holds the speaker folders.
+
+    Returns
+    -------
+    list of AudioFile
+        Sorted by utterance ID.
+
+    Raises
+    ------
+    FileNotFoundError
+        The folder does not exist.
+    ValueError
+        No audio file at depth 2 or 3, or one ID given by both a WAV and a FLAC file.
+
+    Example
+    -------
+    >>> import tempfile, numpy as np, soundfile
+    >>> root = tempfile.mkdtemp()
+    >>> os.makedirs(os.path.join(root, "spk1", "sess1"))
+    >>> soundfile.write(os.path.join(root, "spk1", "sess1", "00001.wav"), np.zeros(160), 16000)
+    >>> soundfile.write(os.path.join(root, "spk2.wav"), np.zeros(160), 16000)  # not in a speaker folder
+    >>> os.makedirs(os.path.join(root, "spk2"))
+    >>> soundfile.write(os.path.join(root, "spk2", "long.flac"), np.zeros(160), 16000)
+    >>> [(f.utt_id, f.session) for f in find_audio_files(root)]
+    [('spk1/sess1/00001', 'spk1/sess1'), ('spk2/long', 'spk2/long')]
+    """
+    root = os.path.abspath(os.fspath(data_folder))
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"data folder not found: {root}")
+    found, elsewhere = {}, 0
+    for folder, subfolders, names in os.walk(root):
+        subfolders.sort()
+        depth = 0 if folder == root else os.path.relpath(folder, root).count(os.sep) + 1
+        for name in names:
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in AUDIO_EXTENSIONS:
+                continue  # hidden files are temporary or system files
+            if depth not in (1, 2):
+                elsewhere += 1
+                continue
+            path = os.path.join(folder, name)
+            utt = utterance_id(os.path.relpath(path, root))
+            if utt in found:
+                raise ValueError(f"{root}: utterance {utt} exists as both {found[utt].path} and {path}")
+            stat = os.stat(path)
+            session = utt.rsplit("/", 1)[0] if depth == 2 else utt
+            found[utt] = AudioFile(utt, path, stat.st_size, stat.st_mtime_ns, session)
+    if not found:
+        hint = (
+            f" ({elsewhere} audio files at other depths: point data_folder at the folder "
+            "that holds the speaker folders)"
+            if elsewhere
+            else ""
+        )
+        raise ValueError(
+            f"{root}: no <speaker>/<recording> or <speaker>/<session>/<utterance> .wav or .flac files{hint}"
+        )
+    if elsewhere:
+        logger.warning("%s: ignored %d audio files outside <speaker>/ and <speaker>/<session>/", root, elsewhere)
+    return [found[u] for u in sorted(found)]
+
+
+def fingerprint(files):
+    """SHA-256 of every file's path, size and modification time (a manifest input)."""
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.path}\t{f.size}\t{f.mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+# --- audio inspect ------------------------------------------------------------------------
+
+FRAME_SECONDS = 0.02  # frames of the silence detector
+SILENCE_BELOW_PEAK_DB = 40.0  # frames this far below the loudest frame are silence
+SILENCE_FLOOR_DBFS = -70.0  # and frames below this level always are
+BLOCK_FRAMES = 200  # detector frames decoded at a time (4 s)
+
+
+class AudioReport(NamedTuple):
+    """What decoding one file found.
+
+    Arguments
+    ---------
+    frames : int
+        Samples per channel that were decoded.
+    sample_rate : int
+        Sample rate from the header (0 when the file could not be opened).
+    nonfinite : int
+        NaN or infinite samples (all channels).
+    speech_start, speech_stop : int
+        First and one-past-last sample of the span between the leading and the
+        trailing silence (the whole file when no speech level is found).
+    error : str
+        The decoder's error message, "" when the file decoded cleanly.
+    """
+
+    frames: int
+    sample_rate: int
+    nonfinite: int
+    speech_start: int
+    speech_stop: int
+    error: str
+
+
+def _speech_span(levels_db, hop, frames):
+    """(start, stop) in samples of the frames above the silence threshold."""
+    if not len(levels_db):
+        return 0, frames
+    threshold = max(float(levels_db.max()) - SILENCE_BELOW_PEAK_DB, SILENCE_FLOOR_DBFS)
+    active = np.flatnonzero(levels_db > threshold)
+    if not len(active):
+        return 0, frames
+    return int(active[0]) * hop, min(frames, (int(active[-1]) + 1) * hop)
+
+
+def _frame_energy(block, hop):
+    """Mean power of the (channel-averaged) signal in frames of ``hop`` samples; the
+    last frame may be shorter."""
+    signal = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1)
+    power = np.square(signal)
+    whole = len(power) // hop * hop
+    energy = power[:whole].reshape(-1, hop).mean(axis=1)
+    if whole < len(power):
+        energy = np.append(energy, power[whole:].mean())
+    return energy
+
+
+def inspect_audio(path):
+    """Decode ``path`` in full and report its length, rate, NaN/inf count, speech span, errors.
+
+    Never raises: an unreadable file gives a report with ``error`` set.
+
+    Arguments
+    ---------
+    path : str
+        Audio file (anything libsndfile reads: WAV, FLAC, ...).
+
+    Returns
+    -------
+    AudioReport
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.wav")
+    >>> audio = np.zeros(16000, np.float32)
+    >>> audio[4000:12000] = 0.1 * np.sin(np.arange(8000))
+    >>> soundfile.write(path, audio, 16000)
+    >>> inspect_audio(path)
+    AudioReport(frames=16000, sample_rate=16000, nonfinite=0, speech_start=3840, speech_stop=12160, error='')
+    >>> _ = open(path, "wb").write(b"RIFF not really")
+    >>> print(inspect_audio(path).error)
+    Error opening ...: Format not recognised.
+    """
+    try:
+        if os.path.getsize(path) == 0:
+            return AudioReport(0, 0, 0, 0, 0, "empty file (0 bytes)")
+        handle = soundfile.SoundFile(path)
+    except Exception as error:  # libsndfile and the OS raise their own types
+        return AudioReport(0, 0, 0, 0, 0, one_line(error))
+    frames = nonfinite = 0
+    levels = []
+    with handle:
+        rate = int(handle.samplerate)
+        hop = max(1, int(round(rate * FRAME_SECONDS)))
+        try:
+            while True:
+                block = handle.read(hop * BLOCK_FRAMES, dtype="float32", always_2d=True)
+                if not len(block):
+                    break
+                energy = _frame_energy(block, hop)
+                if not np.isfinite(energy).all():  # NaN/inf samples: count them, take them as 0
+                    finite = np.isfinite(block)
+                    nonfinite += int(block.size - np.count_nonzero(finite))
+                    energy = _frame_energy(np.where(finite, block, 0.0), hop)
+                levels.append(10.0 * np.log10(energy + 1e-12))
+                frames += len(block)
+        except Exception as error:
+            return AudioReport(frames, rate, nonfinite, 0, frames, one_line(error))
+    levels = np.concatenate(levels) if levels else np.zeros(0)
+    start, stop = _speech_span(levels, hop, frames)
+    return AudioReport(frames, rate, nonfinite, start, stop, "")
+
+
+def audio_problem(report, sample_rate=16000, min_seconds=0.5):
+    """Why a file cannot be used, or None.
+
+    Arguments
+    ---------
+    report : AudioReport
+        From :func:`inspect_audio`.
+    sample_rate : int or None
+        Required sample rate (None: any).
+    min_seconds : float
+        Shortest usable clip.
+
+    Returns
+    -------
+    str or None
+
+    Example
+    -------
+    >>> audio_problem(AudioReport(16000, 16000, 0, 0, 16000, ""))
+    >>> audio_problem(AudioReport(16000, 16000, 50, 0, 16000, ""))
+    '50 NaN/inf samples'
+    >>> audio_problem(AudioReport(16000, 8000, 0, 0, 16000, ""))
+    'sample rate 8000 Hz, expected 16000 Hz'
+    >>> audio_problem(AudioReport(800, 16000, 0, 0, 800, ""))
+    '0.05 s long, shorter than the 0.5 s minimum'
+    >>> audio_problem(AudioReport(0, 0, 0, 0, 0, "flac decoder lost sync."))
+    'cannot decode (flac decoder lost sync.)'
+    """
+    if report.error:
+        return report.error if report.error.startswith("empty file") else f"cannot decode ({report.error})"
+    if report.nonfinite:
+        return f"{report.nonfinite} NaN/inf samples"
+    if sample_rate is not None and report.sample_rate != sample_rate:
+        return f"sample rate {report.sample_rate} Hz, expected {sample_rate} Hz"
+    seconds = report.frames / report.sample_rate if report.sample_rate else 0.0
+    if report.frames == 0 or seconds < min_seconds:
+        return f"{seconds:.2f} s long, shorter than the {min_seconds:g} s minimum"
+    return None
+
+
+# --- audio check --------------------------------------------------------------------------
+
 
 CACHE_FOLDER = "audio_check_v1"
 BAD_AUDIO_NAME = "bad_audio.txt"
@@ -240,11 +526,11 @@ def screen_audio(files, save_folder, sample_rate=16000, min_seconds=0.5, drop_ba
     ---------
     files : list
         Objects with ``utt_id``, ``path``, ``size`` and ``mtime_ns``
-        (:class:`sb_sphereface2.data.audio_files.AudioFile`).
+        (:class:`sb_sphereface2.data.audio_check.AudioFile`).
     save_folder : str
         The data-prep folder (cache and ``bad_audio.txt``).
     sample_rate, min_seconds :
-        See :func:`sb_sphereface2.data.audio_inspect.audio_problem`.
+        See :func:`sb_sphereface2.data.audio_check.audio_problem`.
     drop_bad_audio : bool
         Leave bad files out instead of raising.
     num_workers : int, optional

@@ -25,8 +25,16 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.data_pipeline import provides, takes
 
 from sb_sphereface2.data.audio import random_speed_crop, read_segment
-from sb_sphereface2.data.speakers import read_speakers  # noqa: F401 (public here since 0.1.0)
-from sb_sphereface2.data.speed import SPEEDS, current_epoch, draw_speed, item_rng, speed_label
+from sb_sphereface2.data.speakers import (
+    read_speakers,  # noqa: F401 (public here since 0.1.0)
+)
+from sb_sphereface2.data.speed import (
+    SPEEDS,
+    current_epoch,
+    draw_speed,
+    item_rng,
+    speed_label,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ are paths relative to their root without extension
 Steps: every file is decoded once and checked (:mod:`sb_sphereface2.data.audio_check`:
 decode errors, NaN/inf samples, sample rate, clips under ``min_seconds``; cached, in
 worker processes); long recordings are cut into segments
-(:mod:`sb_sphereface2.data.segments`); speakers outside the trial lists are split into
+(:mod:`sb_sphereface2.data.split`); speakers outside the trial lists are split into
 training, validation and held-out test speakers with generated trial lists
-(:mod:`sb_sphereface2.data.heldout`).
+(:mod:`sb_sphereface2.data.split`).
 
 Outputs in ``save_folder`` (all written atomically, the manifest last):
 
@@ -44,12 +44,28 @@ import json
 import logging
 import os
 
-from sb_sphereface2.data.audio_check import BAD_AUDIO_NAME, CACHE_FOLDER, screen_audio
-from sb_sphereface2.data.audio_files import find_audio_files, fingerprint
-from sb_sphereface2.data.heldout import make_trials, split_speakers
-from sb_sphereface2.data.prep_summary import build_summary, log_summary
-from sb_sphereface2.data.segments import make_items
-from sb_sphereface2.data.trials import read_trials, speaker_of, utterance_id, write_trials
+import numpy as np
+
+from sb_sphereface2.data.audio_check import (
+    BAD_AUDIO_NAME,
+    CACHE_FOLDER,
+    find_audio_files,
+    fingerprint,
+    screen_audio,
+)
+from sb_sphereface2.data.split import (
+    make_items,
+    make_trials,
+    split_speakers,
+    validation_is_meaningful,
+)
+from sb_sphereface2.data.trials import (
+    read_trials,
+    speaker_of,
+    utterance_id,
+    write_trials,
+)
+from sb_sphereface2.errors import check_writable, one_line
 from sb_sphereface2.files import (
     atomic_write,
     copy_atomic,
@@ -57,10 +73,11 @@ from sb_sphereface2.files import (
     outputs_intact,
     read_manifest,
     remove_stale_temporaries,
-    temporary_path,
     write_json_atomic,
     write_manifest,
 )
+
+# --- prepare ------------------------------------------------------------------------------
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +86,6 @@ MANIFEST_NAME = "prepare_manifest.json"
 SUMMARY_NAME = "prepare_summary.json"
 HELDOUT_LIST = "heldout"
 PREPARE_VERSION = 2
-
-
-def _one_line(error):
-    return " ".join(str(error).split())
 
 
 def _first_trial_line(trial_path, wanted):
@@ -103,14 +116,9 @@ def _ensure_writable(save_folder):
     """Create the folder, remove leftovers of dead processes, and prove a file can be
     written there; one-line error naming the folder and the cause otherwise."""
     try:
-        os.makedirs(save_folder, exist_ok=True)
-        probe = temporary_path(os.path.join(save_folder, "write_probe"))
-        with open(probe, "w", encoding="utf-8"):
-            pass
-        os.remove(probe)
+        check_writable(save_folder, what="to the data-prep folder")
     except OSError as error:
-        cause = error.strerror or _one_line(error)
-        raise ValueError(f"cannot write to the data-prep folder {save_folder}: {cause}") from None
+        raise ValueError(error.strerror) from None
     for folder in (save_folder, os.path.join(save_folder, "trials"), os.path.join(save_folder, CACHE_FOLDER)):
         removed = remove_stale_temporaries(folder)
         if removed:
@@ -144,7 +152,6 @@ def prepare_voxceleb(
     drop_bad_audio=False,
     num_workers=None,
     seed=1234,
-    speed_perturb=None,
 ):
     """Write train/dev/test CSVs and trial lists for a folder of speakers' recordings.
 
@@ -173,7 +180,7 @@ def prepare_voxceleb(
         At most this many utterances or segments per held-out speaker (drawn).
     segmentation : str
         Which recordings are cut into segments: "auto" (those of speakers with one
-        recording), "all" or "none" (see :mod:`sb_sphereface2.data.segments`).
+        recording), "all" or "none" (see :mod:`sb_sphereface2.data.split`).
     segment_seconds : float
         Shortest segment; segments are 1-2 times this long.
     sample_rate : int or None
@@ -186,9 +193,6 @@ def prepare_voxceleb(
         Processes decoding the audio (default: the CPUs, at most 16).
     seed : int
         Seed of the held-out speaker and trial draws.
-    speed_perturb : optional
-        Ignored (kept so that older calls work): train.csv has one row per item and
-        the data loader draws the speeds.
 
     Returns
     -------
@@ -214,49 +218,57 @@ def prepare_voxceleb(
     (8, 8)
     >>> logging.disable(logging.NOTSET)
     """
-    del speed_perturb
     folders = [data_folder] if isinstance(data_folder, (str, os.PathLike)) else list(data_folder)
     folders = [os.path.abspath(os.fspath(f)) for f in folders]
     save_folder = os.path.abspath(os.fspath(save_folder))
-    trial_paths = [os.path.abspath(os.fspath(p)) for p in trial_lists]
     for name, count in (("dev_speakers", dev_speakers), ("test_speakers", test_speakers)):
         if count < 0 or count == 1:
             raise ValueError(f"{name} must be 0 or at least 2, got {count}")
     if heldout_utterances_per_speaker < 2:
         raise ValueError(f"heldout_utterances_per_speaker must be at least 2, got {heldout_utterances_per_speaker}")
+    options = {
+        "dev_speakers": dev_speakers, "dev_trials": dev_trials, "test_speakers": test_speakers,
+        "test_trials": test_trials, "heldout_utterances_per_speaker": heldout_utterances_per_speaker,
+        "segmentation": segmentation, "segment_seconds": segment_seconds, "sample_rate": sample_rate,
+        "min_seconds": min_seconds, "drop_bad_audio": bool(drop_bad_audio), "seed": seed,
+    }
+    files, trials, inputs = _read_inputs(folders, trial_lists, options)
+    result = _output_paths(save_folder, trials, options)
+    manifest_path = os.path.join(save_folder, MANIFEST_NAME)
+    manifest = read_manifest(manifest_path)
+    if manifest and manifest.get("inputs") == inputs and outputs_intact(manifest, save_folder):
+        logger.info("Data preparation in %s is up to date, skipping", save_folder)
+        with open(os.path.join(save_folder, SUMMARY_NAME), encoding="utf-8") as handle:
+            result["summary"] = json.load(handle)
+    else:
+        files, reports, dropped = _check_trials_and_audio(files, trials, folders, save_folder, options, num_workers)
+        split = _items_and_split(files, reports, trials, options)
+        result["summary"] = build_summary(inputs["num_files"], len(dropped), *split["summary_of"])
+        _write_outputs(result, split, trials, result["summary"], save_folder, manifest, inputs, bool(dropped))
+    if result["summary"]["bad_files"]:
+        result["bad_audio"] = os.path.join(save_folder, BAD_AUDIO_NAME)
+    log_summary(result["summary"], save_folder)
+    return result
 
-    # 1. Inputs: files on disk and trial lists (cheap), fingerprinted for the manifest.
-    files = []
+
+def _read_inputs(folders, trial_lists, options):
+    """Step 1, cheap: the audio files on disk and the trial lists, and what the manifest
+    records of them (a fingerprint of every file's path, size and time; the lists' hashes)."""
+    files, files_by_id = [], {}
     for folder in folders:
-        files.extend(find_audio_files(folder))
-    num_files = len(files)
-    files_by_id = {}
-    for f in files:
-        if f.utt_id in files_by_id:
-            raise ValueError(
-                f"utterance {f.utt_id} exists in two folders: {files_by_id[f.utt_id].path} and {f.path}"
-            )
-        files_by_id[f.utt_id] = f
+        for f in find_audio_files(folder):
+            if f.utt_id in files_by_id:
+                raise ValueError(
+                    f"utterance {f.utt_id} exists in two folders: {files_by_id[f.utt_id].path} and {f.path}"
+                )
+            files_by_id[f.utt_id] = f
+            files.append(f)
     trials = {}
-    for path in trial_paths:
+    for path in (os.path.abspath(os.fspath(p)) for p in trial_lists):
         parsed = read_trials(path)
         if parsed.name in trials or parsed.name in ("dev_trials", HELDOUT_LIST):
             raise ValueError(f"{path}: trial list name {parsed.name!r} is used twice or reserved")
         trials[parsed.name] = (path, parsed)
-
-    options = {
-        "dev_speakers": dev_speakers,
-        "dev_trials": dev_trials,
-        "test_speakers": test_speakers,
-        "test_trials": test_trials,
-        "heldout_utterances_per_speaker": heldout_utterances_per_speaker,
-        "segmentation": segmentation,
-        "segment_seconds": segment_seconds,
-        "sample_rate": sample_rate,
-        "min_seconds": min_seconds,
-        "drop_bad_audio": bool(drop_bad_audio),
-        "seed": seed,
-    }
     inputs = {
         "version": PREPARE_VERSION,
         "data_folders": folders,
@@ -265,85 +277,85 @@ def prepare_voxceleb(
         "trial_lists": {name: [p, file_sha256(p)] for name, (p, _) in trials.items()},
         "options": options,
     }
-    trial_copies = {name: os.path.join(save_folder, "trials", f"{name}.txt") for name in trials}
-    if test_speakers:
-        trial_copies[HELDOUT_LIST] = os.path.join(save_folder, "trials", f"{HELDOUT_LIST}.txt")
-    result = {
+    return files, trials, inputs
+
+
+def _output_paths(save_folder, trials, options):
+    """The result's paths: CSVs, validation trials, the copies of the trial lists."""
+    copies = {name: os.path.join(save_folder, "trials", f"{name}.txt") for name in trials}
+    if options["test_speakers"]:
+        copies[HELDOUT_LIST] = os.path.join(save_folder, "trials", f"{HELDOUT_LIST}.txt")
+    dev = options["dev_speakers"]
+    return {
         "train_csv": os.path.join(save_folder, "train.csv"),
-        "dev_csv": os.path.join(save_folder, "dev.csv") if dev_speakers else None,
-        "dev_trials": os.path.join(save_folder, "dev_trials.txt") if dev_speakers else None,
-        "test_csv": os.path.join(save_folder, "test.csv") if trial_copies else None,
-        "trial_lists": trial_copies,
+        "dev_csv": os.path.join(save_folder, "dev.csv") if dev else None,
+        "dev_trials": os.path.join(save_folder, "dev_trials.txt") if dev else None,
+        "test_csv": os.path.join(save_folder, "test.csv") if copies else None,
+        "trial_lists": copies,
         "bad_audio": None,
     }
-    manifest_path = os.path.join(save_folder, MANIFEST_NAME)
-    manifest = read_manifest(manifest_path)
-    if manifest and manifest.get("inputs") == inputs and outputs_intact(manifest, save_folder):
-        with open(os.path.join(save_folder, SUMMARY_NAME), encoding="utf-8") as handle:
-            result["summary"] = json.load(handle)
-        if result["summary"]["bad_files"]:
-            result["bad_audio"] = os.path.join(save_folder, BAD_AUDIO_NAME)
-        logger.info("Data preparation in %s is up to date, skipping", save_folder)
-        log_summary(result["summary"], save_folder)
-        return result
 
-    # 2. Validate everything before writing any CSV: trial lists, then the audio.
+
+def _check_trials_and_audio(files, trials, folders, save_folder, options, num_workers):
+    """Step 2, before any CSV is written: every trial names a file on disk, the folder is
+    writable, every file decodes (the bad ones stop preparation or are dropped)."""
+    known = {f.utt_id for f in files}
     for path, parsed in trials.values():
-        _check_trial_ids(path, parsed, files_by_id, folders)
+        _check_trial_ids(path, parsed, known, folders)
     _ensure_writable(save_folder)
-    test_utts = {u for _, parsed in trials.values() for u in parsed.utterances()}
+    protected = {u for _, parsed in trials.values() for u in parsed.utterances()}
     try:
-        files, reports, dropped = screen_audio(
-            files, save_folder, sample_rate, min_seconds, drop_bad_audio, num_workers, protected=test_utts
-        )
+        return screen_audio(files, save_folder, options["sample_rate"], options["min_seconds"],
+                            options["drop_bad_audio"], num_workers, protected=protected)
     except OSError as error:  # the cache or bad_audio.txt (reading audio never raises)
-        raise ValueError(f"cannot write in the data-prep folder {save_folder}: {_one_line(error)}") from None
-    del files_by_id
+        raise ValueError(f"cannot write in the data-prep folder {save_folder}: {one_line(error)}") from None
 
-    # 3. Items (whole files or segments) and the split.
-    items, cut = make_items(files, reports, segmentation, segment_seconds, keep_whole=test_utts)
-    del files, reports
-    trial_speakers = {speaker_of(u) for u in test_utts}
+
+def _items_and_split(files, reports, trials, options):
+    """Step 3: items (whole files or segments), the speaker split and the generated trials."""
+    test_utts = {u for _, parsed in trials.values() for u in parsed.utterances()}
+    items, cut = make_items(files, reports, options["segmentation"], options["segment_seconds"],
+                            keep_whole=test_utts)
     listed = [i for i in items if i.id in test_utts]
-    train, dev, heldout = split_speakers(
-        items, dev_speakers, test_speakers, trial_speakers, heldout_utterances_per_speaker, seed
-    )
-    dev_list = make_trials(dev, dev_trials, seed, "dev_trials") if dev_speakers else None
-    heldout_list = make_trials(heldout, test_trials, seed + 1, HELDOUT_LIST) if test_speakers else None
-    summary = build_summary(
-        num_files, len(dropped), items, cut, train, (dev, dev_list), (heldout, heldout_list), len(trials), listed
-    )
-    del items
+    train, dev, heldout = split_speakers(items, options["dev_speakers"], options["test_speakers"],
+                                         {speaker_of(u) for u in test_utts},
+                                         options["heldout_utterances_per_speaker"], options["seed"])
+    seed = options["seed"]
+    dev_list = make_trials(dev, options["dev_trials"], seed, "dev_trials") if options["dev_speakers"] else None
+    heldout_list = (make_trials(heldout, options["test_trials"], seed + 1, HELDOUT_LIST)
+                    if options["test_speakers"] else None)
+    return {"train": train, "dev": dev, "dev_list": dev_list, "listed": listed, "heldout": heldout,
+            "heldout_list": heldout_list,
+            "summary_of": (items, cut, train, (dev, dev_list), (heldout, heldout_list), len(trials), listed)}
 
-    # 4. Write: temporary files first, then the swaps, then the manifest.
+
+def _write_outputs(result, split, trials, summary, save_folder, manifest, inputs, with_bad_audio):
+    """Step 4: temporary files first, then the swaps, then the manifest (a crash leaves
+    either the old outputs or no manifest, so the next call redoes the work)."""
+    manifest_path = os.path.join(save_folder, MANIFEST_NAME)
     try:
         if os.path.exists(manifest_path):
             os.remove(manifest_path)
-        outputs = _output_names(result, save_folder, bool(dropped))
+        outputs = _output_names(result, save_folder, with_bad_audio)
         if manifest:  # outputs of an earlier run that this run does not make
             for name in manifest.get("outputs", {}):
                 stale = os.path.join(save_folder, name)
                 if os.path.isfile(stale) and name not in outputs:
                     os.remove(stale)
-        _write_items(result["train_csv"], train)
-        if dev_list is not None:
-            _write_items(result["dev_csv"], dev)
-            write_trials(result["dev_trials"], dev_list)
-        if trial_copies:
-            _write_items(result["test_csv"], sorted(listed + heldout, key=lambda item: item.id))
+        _write_items(result["train_csv"], split["train"])
+        if split["dev_list"] is not None:
+            _write_items(result["dev_csv"], split["dev"])
+            write_trials(result["dev_trials"], split["dev_list"])
+        if result["trial_lists"]:
+            _write_items(result["test_csv"], sorted(split["listed"] + split["heldout"], key=lambda item: item.id))
             for name, (path, _) in trials.items():
-                copy_atomic(path, trial_copies[name])
-            if heldout_list is not None:
-                write_trials(trial_copies[HELDOUT_LIST], heldout_list)
+                copy_atomic(path, result["trial_lists"][name])
+            if split["heldout_list"] is not None:
+                write_trials(result["trial_lists"][HELDOUT_LIST], split["heldout_list"])
         write_json_atomic(os.path.join(save_folder, SUMMARY_NAME), summary)
         write_manifest(manifest_path, inputs, save_folder, outputs)
     except OSError as error:
-        raise ValueError(f"cannot write the prepared data in {save_folder}: {_one_line(error)}") from None
-    result["summary"] = summary
-    if dropped:
-        result["bad_audio"] = os.path.join(save_folder, BAD_AUDIO_NAME)
-    log_summary(summary, save_folder)
-    return result
+        raise ValueError(f"cannot write the prepared data in {save_folder}: {one_line(error)}") from None
 
 
 def _output_names(result, save_folder, with_bad_audio):
@@ -353,3 +365,104 @@ def _output_names(result, save_folder, with_bad_audio):
     if with_bad_audio:
         paths.append(os.path.join(save_folder, BAD_AUDIO_NAME))
     return [os.path.relpath(p, save_folder).replace(os.sep, "/") for p in paths if p]
+
+
+# --- prep summary -------------------------------------------------------------------------
+
+
+
+def _summary_of(items, trials=None):
+    """Speakers, items and hours of a set (and its trials and targets)."""
+    out = {
+        "speakers": len({i.speaker for i in items}),
+        "items": len(items),
+        "hours": round(sum(i.duration for i in items) / 3600, 3),
+    }
+    if trials is not None:
+        out.update(trials=len(trials), targets=int(trials.labels.sum()))
+    return out
+
+
+def build_summary(num_files, dropped, items, cut, train, dev, heldout, num_lists, listed):
+    """The counts of ``prepare_summary.json``.
+
+    Arguments
+    ---------
+    num_files, dropped : int
+        Audio files found, and dropped as bad.
+    items : list of Item
+        Every item (whole file or segment) of the good files.
+    cut : int
+        Recordings cut into segments.
+    train : list of Item
+        The training items.
+    dev, heldout : (list of Item, TrialList or None)
+        Held-out items and their trials (None: no such set).
+    num_lists : int
+        User trial lists.
+    listed : list of Item
+        The utterances they name.
+
+    Returns
+    -------
+    dict
+
+    Example
+    -------
+    >>> from sb_sphereface2.data.split import Item
+    >>> items = [Item(f"s{k}/r@001", "/r", 0, 48000, 16000, f"s{k}/r@a", f"s{k}/r") for k in range(3)]
+    >>> summary = build_summary(3, 0, items, 3, items, ([], None), ([], None), 0, [])
+    >>> summary["segments"]["segments"], summary["train"]
+    (3, {'speakers': 3, 'items': 3, 'hours': 0.003})
+    """
+    lengths = np.array([i.duration for i in items if i.id != i.recording])
+    summary = {
+        "files": num_files,
+        "bad_files": dropped,
+        "segments": {
+            "recordings_cut": cut,
+            "segments": len(lengths),
+            "whole_files": len(items) - len(lengths),
+            "min_seconds": round(float(lengths.min()), 3) if cut else 0.0,
+            "max_seconds": round(float(lengths.max()), 3) if cut else 0.0,
+            "mean_seconds": round(float(lengths.mean()), 3) if cut else 0.0,
+        },
+        "train": _summary_of(train),
+        "trial_lists": {"count": num_lists, "utterances": len(listed)},
+    }
+    for key, (held, trials) in (("dev", dev), ("heldout", heldout)):
+        if trials is not None:
+            summary[key] = _summary_of(held, trials)
+    if "dev" in summary:
+        summary["dev"]["meaningful"] = validation_is_meaningful(summary["dev"]["speakers"], summary["dev"]["trials"])
+    return summary
+
+
+def log_summary(summary, save_folder):
+    """Print (log) the segments and the split, and warn about a small validation set."""
+    segs = summary["segments"]
+    if segs["recordings_cut"]:
+        logger.info(
+            "Segments: %d recordings cut into %d segments of %.1f-%.1f s (mean %.1f s); %d files used whole",
+            segs["recordings_cut"], segs["segments"], segs["min_seconds"], segs["max_seconds"],
+            segs["mean_seconds"], segs["whole_files"],
+        )
+    parts = [f"training {summary['train']['speakers']} speakers, {summary['train']['items']} items "
+             f"({summary['train']['hours']:.2f} h)"]
+    for key, label in (("dev", "validation"), ("heldout", "held-out test")):
+        part = summary.get(key)
+        if part:
+            parts.append(
+                f"{label} {part['speakers']} speakers, {part['items']} items, "
+                f"{part['trials']} trials ({part['targets']} targets)"
+            )
+    lists = summary["trial_lists"]
+    parts.append(f"trial lists {lists['count']} ({lists['utterances']} utterances)" if lists["count"] else "no trial lists")
+    logger.info("Split in %s: %s", save_folder, "; ".join(parts))
+    dev = summary.get("dev")
+    if dev and not dev["meaningful"]:
+        logger.warning(
+            "Validation set of %d speakers and %d trials is too small for a meaningful EER "
+            "(needs 20 speakers or 1,000 trials): hold out more speakers, or turn validation off",
+            dev["speakers"], dev["trials"],
+        )

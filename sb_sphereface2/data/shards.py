@@ -32,7 +32,11 @@ import tarfile
 import numpy as np
 import torch
 from speechbrain.dataio.batch import PaddedBatch
-from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
 
 from sb_sphereface2.data.dataio import labelled_speed_crop
 from sb_sphereface2.data.shard_writer import read_manifest

@@ -32,6 +32,7 @@ import logging
 import os
 import pickle
 import shutil
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -132,6 +133,26 @@ class SafeCheckpointer(Checkpointer):
             self.add_recoverable(name, obj)
 
     # --- saving --------------------------------------------------------------------
+
+    def _new_checkpoint_dirpath(self):
+        """``CKPT+<second>+<NN>`` with NN above every checkpoint of that second, so that the
+        names sort in the order of saving. SpeechBrain takes the first free NN, which after
+        a deletion in the same second gives a newer checkpoint a smaller name.
+
+        Example
+        -------
+        >>> folder = getfixture("tmp_path")
+        >>> checkpointer = SafeCheckpointer(folder, {"layer": torch.nn.Linear(2, 2)})
+        >>> first, second = (checkpointer.save_checkpoint(meta={"n": n}) for n in (1, 2))
+        >>> checkpointer.delete_checkpoints(num_to_keep=1)  # first goes
+        >>> third = checkpointer.save_checkpoint(meta={"n": 3})
+        >>> sorted(p.name for p in folder.iterdir()) == [second.path.name, third.path.name]
+        True
+        """
+        stamp = time.strftime("%Y-%m-%d+%H-%M-%S", time.localtime(time.time()))
+        taken = [int(name[-2:]) for name in os.listdir(self.checkpoints_dir)
+                 if name.startswith(f"{CKPT_PREFIX}+{stamp}+") and name[-2:].isdigit()]
+        return self.checkpoints_dir / f"{CKPT_PREFIX}+{stamp}+{max(taken, default=-1) + 1:02d}"
 
     def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO):
         """Save a checkpoint all at once: into ``.CKPT+<name>.tmp<pid>/``, fsync'ed, renamed

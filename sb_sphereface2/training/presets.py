@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 
 import soundfile
 
-from sb_sphereface2.data.audio_files import find_audio_files
-from sb_sphereface2.data.heldout import MIN_DEV_SPEAKERS
+from sb_sphereface2.data.audio_check import find_audio_files
+from sb_sphereface2.data.split import MIN_DEV_SPEAKERS
 from sb_sphereface2.data.trials import speaker_of
 from sb_sphereface2.files import write_text_atomic
 from sb_sphereface2.errors import fail

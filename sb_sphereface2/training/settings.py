@@ -22,7 +22,7 @@ import math
 import pydoc
 from dataclasses import dataclass
 
-from sb_sphereface2.data.segments import SEGMENTATION_MODES
+from sb_sphereface2.data.split import SEGMENTATION_MODES
 from sb_sphereface2.hparams import BLOCK_KEYS, HparamsError, peek_hparams, peek_object
 
 
