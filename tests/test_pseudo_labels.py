@@ -78,7 +78,10 @@ def test_ahc_threshold_cut_hand_computed():
     the average cosine of {0, 10} to 60 is (cos 60 + cos 50) / 2 = 0.5714."""
     angles = np.radians([0, 10, 60])
     x = np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    cut = lambda threshold: cluster_embeddings(x, method="ahc", threshold=threshold, center=False).tolist()
+
+    def cut(threshold):
+        return cluster_embeddings(x, method="ahc", threshold=threshold, center=False).tolist()
+
     assert cut(0.99) == [0, 1, 2]  # above cos 10: nothing merges
     assert cut(0.98) == [0, 0, 1]
     assert cut(0.58) == [0, 0, 1]
@@ -93,7 +96,10 @@ def test_ahc_threshold_on_synthetic_speakers():
 def test_eigengap_of_hand_built_graphs():
     """The normalised Laplacian of a complete graph on m nodes has eigenvalues 0 and
     m / (m - 1) (m - 1 times); disjoint blocks add their spectra."""
-    complete = lambda m: np.ones((m, m)) - np.eye(m)
+
+    def complete(m):
+        return np.ones((m, m)) - np.eye(m)
+
     assert eigengap_count(complete(6), max_speakers=5) == (1, pytest.approx(6 / 5))
     blocks = block_diag(complete(3), complete(4), complete(5))
     count, gap = eigengap_count(blocks, max_speakers=8)

@@ -23,7 +23,6 @@ Examples::
 
 import argparse
 import logging
-import os
 import sys
 
 from sb_sphereface2.data.augmentation import prepare_musan, prepare_rir
