@@ -137,10 +137,10 @@ def test_without_speed_perturbation_reads_speed_one_with_a_pretrained_three_spee
         check_classes(encoder, ["spk0", "spk9"], "stage 1")
 
 
-def test_label_encoder_order_matches_0_1_0_is_reused_and_rebuilt_when_classes_change(corpus, tmp_path):
+def test_label_encoder_order_is_sorted_is_reused_and_rebuilt_when_classes_change(corpus, tmp_path):
     csv_path, _, encoder = corpus
     path = tmp_path / "label_encoder.txt"
-    # 0.1.0 sorted every spk_id of its tripled CSV: the same classes in the same order.
+    # The classes (speakers x speeds) in sorted order.
     assert [encoder.ind2lab[i] for i in range(len(encoder))] == sorted(
         [f"spk{i}" for i in range(4)] + [f"spk{i}@sp{s}" for i in range(4) for s in ("0.9", "1.1")])
     loaded = CategoricalEncoder()

@@ -53,7 +53,7 @@ def load_model(model_folder, device="cpu"):
     loaded offline by SpeechBrain's ``SpeakerRecognition`` (the one place that loads the model)."""
     from sb_sphereface2.pretrained.folder import load_for_inference
 
-    model = load_for_inference(model_folder, device=device)  # strict, even for 0.1.0 folders
+    model = load_for_inference(model_folder, device=device)  # strict
     return model.mods.compute_features, model.mods.mean_var_norm, model.mods.embedding_model
 
 

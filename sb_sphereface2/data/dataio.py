@@ -15,7 +15,6 @@ Items carry the keys ``id``, ``sig`` (float32 [samples]), ``spk_id_encoded``
 :mod:`sb_sphereface2.data.throughput`).
 """
 
-import csv
 import logging
 import math
 import time
@@ -25,9 +24,6 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.data_pipeline import provides, takes
 
 from sb_sphereface2.data.audio import random_speed_crop, read_segment
-from sb_sphereface2.data.speakers import (
-    read_speakers,  # noqa: F401 (public here since 0.1.0)
-)
 from sb_sphereface2.data.speed import (
     SPEEDS,
     current_epoch,
@@ -39,11 +35,6 @@ from sb_sphereface2.data.speed import (
 logger = logging.getLogger(__name__)
 
 CSV_TYPES = {"start": int, "stop": int}
-
-
-def _csv_columns(csv_path):
-    with open(csv_path, encoding="utf-8", newline="") as handle:
-        return next(csv.reader(handle), [])
 
 
 def labelled_speed_crop(key, source, start, stop, spk_id, label_encoder, speeds, crop_samples, seed, epoch,
@@ -81,8 +72,7 @@ def training_dataset(csv_path, label_encoder, crop_seconds=2.0, sample_rate=1600
     ---------
     csv_path : str
         Training CSV, columns ``ID,duration,wav,start,stop,spk_id`` (one row per
-        utterance). A 0.1.0 CSV with a ``speed`` column: its perturbed copies are left
-        out (speeds are drawn per read instead).
+        utterance; the speeds are drawn per read).
     label_encoder : CategoricalEncoder
         Over ``speed_labels(speakers, speeds)`` (or a pretrained model's, which may
         hold more classes).
@@ -124,15 +114,7 @@ def training_dataset(csv_path, label_encoder, crop_seconds=2.0, sample_rate=1600
     crop_samples = int(round(crop_seconds * sample_rate))
     if crop_samples <= 0:
         raise ValueError(f"crop_seconds must be > 0, got {crop_seconds}")
-    columns = _csv_columns(csv_path)
     dataset = DynamicItemDataset.from_csv(csv_path, col_types=CSV_TYPES)
-    if "speed" in columns:
-        before = len(dataset)
-        dataset = dataset.filtered_sorted(key_test={"speed": lambda speed: float(speed) == 1.0})
-        logger.info(
-            "%s: left out %d speed-perturbed copies of 0.1.0 (speeds are drawn per read)",
-            csv_path, before - len(dataset),
-        )
     if len(dataset) == 0:
         raise ValueError(f"{csv_path}: no training utterance")
     speeds = tuple(float(s) for s in speeds)
@@ -184,8 +166,6 @@ def utterance_dataset(csv_path, sample_rate=16000, max_seconds=None):
     ('s/1/1', torch.Size([8000]))
     """
     dataset = DynamicItemDataset.from_csv(csv_path, col_types=CSV_TYPES)
-    if "speed" in _csv_columns(csv_path):  # 0.1.0 CSVs: perturbed copies are not utterances
-        dataset = dataset.filtered_sorted(key_test={"speed": lambda speed: float(speed) == 1.0})
     max_samples = None if max_seconds is None else int(math.ceil(max_seconds * sample_rate))
 
     @takes("wav", "start", "stop")

@@ -132,8 +132,7 @@ def pack_shards(train_csv, folder, utterances_per_shard=1000, sample_rate=16000,
     Arguments
     ---------
     train_csv : str
-        Training CSV (``ID,duration,wav,start,stop,spk_id``; rows with a ``speed``
-        other than 1.0, as 0.1.0 wrote them, are left out).
+        Training CSV (``ID,duration,wav,start,stop,spk_id``).
     folder : str
         Output folder (``shard-*.tar`` and ``shards.json``).
     utterances_per_shard : int
@@ -167,7 +166,6 @@ def pack_shards(train_csv, folder, utterances_per_shard=1000, sample_rate=16000,
     if int(utterances_per_shard) < 1:
         raise ValueError(f"utterances_per_shard must be >= 1, got {utterances_per_shard}")
     _, rows = read_training_csv(train_csv, required=("ID", "wav", "start", "stop", "spk_id"))
-    rows = [row for row in rows if float(row.get("speed") or 1.0) == 1.0]
     inputs = {
         "train_csv": os.path.abspath(train_csv),
         "train_csv_sha256": file_sha256(train_csv),

@@ -1,7 +1,6 @@
 """The training speakers and the label encoder over their (speed-specific) classes.
 
-- :func:`read_speakers`: the distinct ``spk_id`` of a training CSV. A CSV of 0.1.0
-  (a ``speed`` column, perturbed copies as rows) counts only its ``speed`` 1.0 rows.
+- :func:`read_speakers`: the distinct ``spk_id`` of a training CSV.
 - :func:`label_encoder`: SpeechBrain's ``CategoricalEncoder.load_or_create`` over the
   classes (e.g. :func:`sb_sphereface2.data.speed.speed_labels`), saved atomically; a
   stored encoder whose classes differ is rebuilt (the main process writes it, DDP
@@ -20,8 +19,7 @@ from sb_sphereface2.files import temporary_path
 
 
 def read_speakers(csv_path):
-    """Sorted distinct ``spk_id`` values of a training CSV (rows at ``speed`` 1.0 when the
-    CSV has a ``speed`` column, as 0.1.0 wrote them).
+    """Sorted distinct ``spk_id`` values of a training CSV.
 
     Example
     -------
@@ -32,7 +30,7 @@ def read_speakers(csv_path):
     ['a', 'b']
     """
     with open(csv_path, encoding="utf-8", newline="") as handle:
-        return sorted({row["spk_id"] for row in csv.DictReader(handle) if float(row.get("speed") or 1.0) == 1.0})
+        return sorted({row["spk_id"] for row in csv.DictReader(handle)})
 
 
 class AtomicCategoricalEncoder(CategoricalEncoder):

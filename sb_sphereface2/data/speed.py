@@ -31,8 +31,7 @@ def training_speeds(speed_perturb):
 
 def speed_label(speaker, speed):
     """The class of ``speaker`` heard at ``speed``: the speaker itself at 1.0, else
-    ``<speaker>@sp<speed>`` (the names 0.1.0 gave its perturbed copies, so model folders
-    trained then keep their classes).
+    ``<speaker>@sp<speed>``.
 
     Example
     -------
