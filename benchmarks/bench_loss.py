@@ -53,23 +53,24 @@ IMPLEMENTATIONS = ("floor", "plain", "lean", "lean_eager", "sb_aam")
 COMPILE_SETTING = {"lean": "auto", "lean_eager": "0"}
 
 
-def make_step(name, batch, dim, classes, seed=0, loss_only=False):
-    """Return (step, zero): step() runs one forward+backward of implementation ``name``,
-    zero() drops the gradients. With ``loss_only`` the cosines are computed once and
-    step() runs the loss alone, from the cosines (a leaf) to their gradient."""
+def make_step(name, batch, dim, classes, seed=0, loss_only=False, device="cpu"):
+    """Return (step, zero): step() runs one forward+backward of implementation ``name``
+    on ``device`` and returns the loss, zero() drops the gradients. With ``loss_only`` the cosines are
+    computed once and step() runs the loss alone, from the cosines (a leaf) to their
+    gradient."""
     from speechbrain.nnet.losses import AdditiveAngularMargin, LogSoftmaxWrapper
 
     from sb_sphereface2.models.head import SphereFace2Head
     from sb_sphereface2.losses.sphereface2 import SphereFace2Loss
 
     torch.manual_seed(seed)
-    head = SphereFace2Head(dim, classes)
-    x = torch.randn(batch, dim, requires_grad=True)
-    labels = torch.randint(0, classes, (batch,))
+    head = SphereFace2Head(dim, classes).to(device)
+    x = torch.randn(batch, dim, device=device, requires_grad=True)
+    labels = torch.randint(0, classes, (batch,), device=device)
     if name == "floor":
         loss_fn = lambda cos, y: cos.sum()  # noqa: E731
     elif name in ("plain", "lean", "lean_eager"):
-        loss_fn = SphereFace2Loss(classes, implementation="plain" if name == "plain" else "lean")
+        loss_fn = SphereFace2Loss(classes, implementation="plain" if name == "plain" else "lean").to(device)
     elif name == "sb_aam":
         aam = LogSoftmaxWrapper(AdditiveAngularMargin(margin=0.2, scale=30.0))
         loss_fn = lambda cos, y: aam(cos, y.unsqueeze(1))  # noqa: E731
@@ -83,7 +84,9 @@ def make_step(name, batch, dim, classes, seed=0, loss_only=False):
         def step():
             if setting is not None:
                 os.environ["SB_SPHEREFACE2_COMPILE"] = setting
-            loss_fn(cosines, labels).backward()
+            loss = loss_fn(cosines, labels)
+            loss.backward()
+            return loss.detach()
 
     else:
         cosines = None
@@ -91,7 +94,9 @@ def make_step(name, batch, dim, classes, seed=0, loss_only=False):
         def step():
             if setting is not None:
                 os.environ["SB_SPHEREFACE2_COMPILE"] = setting
-            loss_fn(head(x), labels).backward()
+            loss = loss_fn(head(x), labels)
+            loss.backward()
+            return loss.detach()
 
     def zero():
         if cosines is not None:

@@ -146,10 +146,11 @@ def label_encoder_for(settings, train_csv):
     return encoder, path
 
 
-def training_input(hparams, train_csv, encoder, batch_size):
+def training_input(hparams, train_csv, encoder, batch_size, pin_memory=False):
     """The training data as ``(train_set, loader_kwargs)``: the CSV's utterances
     (``data_source: csv``) or tar shards packed from it (``data_source: shards``);
-    ``batch_size`` per process."""
+    ``batch_size`` per process; ``pin_memory`` for the shard loader (training on a GPU;
+    ``SpeakerBrain`` sets it for the CSV path's loader)."""
     common = dict(
         crop_seconds=hparams["crop_seconds"],
         sample_rate=hparams["sample_rate"],
@@ -168,7 +169,7 @@ def training_input(hparams, train_csv, encoder, batch_size):
         kwargs={"utterances_per_shard": hparams["utterances_per_shard"], "sample_rate": hparams["sample_rate"],
                 "seed": hparams["seed"]},
     )
-    options = {k: v for k, v in hparams["dataloader_options"].items() if k != "batch_size"}
+    options = {"pin_memory": pin_memory, **{k: v for k, v in hparams["dataloader_options"].items() if k != "batch_size"}}
     loader = shard_loader(
         folder, encoder, batch_size, num_workers=options.pop("num_workers", 0),
         shuffle_buffer=hparams["shuffle_buffer"], **common, **options,
@@ -258,7 +259,8 @@ def main(argv):
     if settings.get("init_encoder_from"):
         init_encoder(hparams, settings["init_encoder_from"])
 
-    train_set, train_loader_kwargs = training_input(hparams, train_csv, encoder, per_process)
+    on_gpu = str(run_opts.get("device", "cpu")).startswith("cuda")
+    train_set, train_loader_kwargs = training_input(hparams, train_csv, encoder, per_process, pin_memory=on_gpu)
     brain = SpeakerBrain(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],

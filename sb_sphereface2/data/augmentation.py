@@ -276,14 +276,17 @@ class ReverbOrNoise(torch.nn.Module):
             self._load()
         reverb, noises, weights = self._parts
         batch = wavs.shape[0]
-        augmented = torch.rand(batch) < self.augment_prob
-        use_reverb = torch.rand(batch) < 0.5
+        # The draws are CPU decisions on purpose, on any device: torch's CPU generator (which
+        # checkpoints restore) and no device synchronisation to find the chosen rows; only
+        # their indices go to the device.
+        augmented = torch.rand(batch, device="cpu") < self.augment_prob
+        use_reverb = torch.rand(batch, device="cpu") < 0.5
         kinds = torch.multinomial(weights, batch, replacement=True)
         out = wavs.clone()
         groups = [(augmented & use_reverb, reverb)]
         groups += [(augmented & ~use_reverb & (kinds == k), noise) for k, noise in enumerate(noises.values())]
         for mask, transform in groups:
-            index = mask.nonzero().squeeze(1).to(wavs.device)
+            index = mask.nonzero().squeeze(1).to(wavs.device, non_blocking=True)
             if len(index):
                 args = (wavs[index],) if transform is reverb else (wavs[index], lengths[index])
                 out[index] = transform(*args)

@@ -76,6 +76,8 @@ class SpeakerBrain(sb.core.Brain):
             # Without a generator of its own, each new loader iterator draws a seed from
             # torch's global generator, which a resumed run has just restored.
             self.loader_generator = loader_kwargs["generator"] = torch.Generator()
+        if torch.device(self.device).type == "cuda":  # page-locked batches: copied without blocking
+            loader_kwargs.setdefault("pin_memory", True)
         loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
             self.iterations_per_epoch = len(loader)
@@ -165,7 +167,7 @@ class SpeakerBrain(sb.core.Brain):
     # --- forward and objectives ------------------------------------------------------
 
     def compute_forward(self, batch, stage):
-        batch = batch.to(self.device)
+        batch = batch.to(self.device, non_blocking=True)
         wavs, lens = batch.sig
         if stage == sb.Stage.TRAIN and self.hparams.augment:
             wavs, lens = self.hparams.wav_augment(wavs, lens)
@@ -191,7 +193,9 @@ class SpeakerBrain(sb.core.Brain):
 
     @staticmethod
     def _check_finite(values, ids, what):
-        if not bool(torch.isfinite(values).all()):
+        # One reduction and one host synchronisation: the sum is finite unless a value is
+        # not (or finite values overflow it: the exact check then finds none bad).
+        if not bool(torch.isfinite(values.sum())) and not bool(torch.isfinite(values).all()):
             shown = ", ".join(list(ids)[:8]) + (" ..." if len(ids) > 8 else "")
             raise NonFiniteBatchError(
                 f"non-finite {what} for the batch of utterances {shown} (damaged audio? check "
@@ -204,7 +208,9 @@ class SpeakerBrain(sb.core.Brain):
             totals = sharded_raw_cosine_statistics(predictions, spkid, head.start, head.num_classes)
         else:
             totals = raw_cosine_statistics(predictions, spkid)
-        self.train_totals += totals.double().cpu()
+        if self.train_totals.device != totals.device:  # kept on the device: no copy per step
+            self.train_totals = self.train_totals.to(totals.device)
+        self.train_totals += totals.double()
 
     # --- stages ------------------------------------------------------------------------
 
@@ -319,7 +325,7 @@ class SpeakerBrain(sb.core.Brain):
 def _save_statistics(brain, path):
     """Checkpointer hook (every process): the epoch's training statistics so far."""
     totals = getattr(brain, "train_totals", None)
-    save_process_state(totals if totals is not None else torch.zeros(4, dtype=torch.float64), path)
+    save_process_state(totals.cpu() if totals is not None else torch.zeros(4, dtype=torch.float64), path)
 
 
 def _load_statistics(brain, path, end_of_epoch):
