@@ -55,7 +55,7 @@ def read_train_log(path):
     >>> import tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "train_log.txt")
     >>> _ = open(path, "w").write("epoch: 1, iterations: 4, lr: 4.00e-02 - train loss: 2.68, "
-    ...                           "train bias: -8.51e+00 - valid EER: 12.50, minDCF: 9.20e-01\\nepoch: 2, it")
+    ...                           "train bias: -8.51e+00 - valid EER: 12.50, valid minDCF: 9.20e-01\\nepoch: 2, it")
     >>> read_train_log(path)
     [{'epoch': 1, 'iterations': 4, 'lr': 0.04, 'train loss': 2.68, 'train bias': -8.51, 'valid EER': 12.5, 'valid minDCF': 0.92}]
     """

@@ -70,7 +70,7 @@ def cosine_histograms(cosines, labels, bins=HISTOGRAM_BINS):
     >>> cos = torch.tensor([[0.9, -0.5, 0.1], [0.2, 0.95, -0.9]])
     >>> counts = cosine_histograms(cos, torch.tensor([0, 1]), bins=4)
     >>> counts.tolist()  # own: 0.9, 0.95; others: -0.5, 0.1, 0.2, -0.9
-    [[0.0, 0.0, 0.0, 2.0], [2.0, 0.0, 2.0, 0.0]]
+    [[0.0, 0.0, 0.0, 2.0], [1.0, 1.0, 2.0, 0.0]]
     """
     cos = cosines.detach().reshape(cosines.shape[0], -1).float().clamp(-1.0, 1.0)
     own = cos.gather(1, labels.reshape(-1, 1).long().to(cos.device))
