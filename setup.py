@@ -31,6 +31,7 @@ setup(
             "sentencepiece",
             "soundfile>=0.12",
             "matplotlib>=3.7",
+            "tensorboard>=2.14",
             "tqdm",
         ],
     },

@@ -466,6 +466,19 @@ def test_train_resumed_run_has_the_uninterrupted_schedules_at_every_step(model, 
     assert first[:resumes_from] + rest == reference  # step, lr and margin of every iteration
     assert _train_same_states(states, reference_states)
     assert _train_log(tmp_path) == _train_log(reference_folder)
+    # the curves' series (records, cosine histograms, log lines) are the uninterrupted run's
+    assert _train_series(tmp_path) == _train_series(reference_folder)
+    assert (tmp_path / "training_curves.png").is_file()
+
+
+def _train_series(folder):
+    """What a run's picture draws, without the timings."""
+    from sb_sphereface2.training.curves import read_run
+
+    run = read_run(folder)
+    epochs = [{k: v for k, v in row.items() if k not in _TRAIN_TIMINGS} for row in run["epochs"]]
+    assert len(run["records"]) == 12 and len(run["histograms"]) == len(epochs) == 3, run
+    return epochs, run["records"], run["histograms"]
 
 
 @pytest.mark.slow
@@ -482,3 +495,4 @@ def test_train_log_is_repaired_from_the_checkpoint(tmp_path, _train_in_process_r
     assert steps == []  # every epoch was done
     assert log.read_text() == (reference_folder / "train_log.txt").read_text()
     assert _train_same_states(states, reference_states)
+    assert _train_series(tmp_path / "run") == _train_series(reference_folder)

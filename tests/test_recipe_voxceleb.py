@@ -69,8 +69,33 @@ def stage1(librispeech_voxceleb_tree, tmp_path_factory):
     tree = librispeech_voxceleb_tree
     trials = "[" + ",".join(str(p) for p in tree.trial_lists) + "]"
     run(TRAIN, "hparams/train.yaml", *TINY, f"--data_folder={tree.root}", f"--trial_lists={trials}",
-        f"--output_folder={out}", "--number_of_epochs=2", "--average_last=2")
+        f"--output_folder={out}", "--number_of_epochs=2", "--average_last=2", "--tensorboard=True")
     return out
+
+
+@pytest.mark.slow
+def test_training_run_folder_holds_its_curves_and_tensorboard_events(stage1):
+    """The picture and its files beside the log, SphereFace2's terms in the log line and
+    the same values in TensorBoard's event file."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from sb_sphereface2.training.curves import read_run
+
+    run = read_run(stage1)
+    rows = log_fields(stage1)
+    assert run["label"] == "sphereface2_c seed 1986" and (stage1 / "training_curves.png").is_file()
+    iterations = [r["iteration"] for r in run["records"]]
+    assert {int(row["iterations"]) for row in rows} <= set(iterations) and iterations[-1] == rows[-1]["iterations"]
+    for row in rows:
+        assert {"train bias", "train positive_term", "train negative_term", "train negative_active"} <= set(row)
+        assert row["train loss"] == pytest.approx(row["train positive_term"] + row["train negative_term"], rel=0.02)
+    assert [h["epoch"] for h in run["histograms"]] == [1, 2]
+    events = EventAccumulator(str(stage1 / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("valid/EER")] == [
+        (int(row["iterations"]), pytest.approx(row["valid EER"], abs=0.006)) for row in rows]
+    assert [e.step for e in events.Scalars("sphereface2/negative_active")] == [r["iteration"] for r in run["records"]]
+    assert len(events.Histograms("cosines/other")) == 2
 
 
 def test_training_writes_an_averaged_model_folder(stage1):
@@ -168,6 +193,15 @@ def test_kill_and_rerun_resumes(librispeech_voxceleb_tree, tmp_path):
         assert row["lr"] == pytest.approx(lr(last, per_epoch), rel=1e-2)
     assert 0 < rows[0]["margin"] < rows[2]["margin"] == 0.2
     assert (out / "model" / "embedding_model.ckpt").is_file()
+    # the curves' records: every iteration once (the killed epoch's recorded again), 3 epochs' histograms
+    from sb_sphereface2.training.curves import read_json_lines
+
+    records = read_json_lines(out / "train_records.jsonl", "iteration")
+    lines = (out / "train_records.jsonl").read_text().splitlines()
+    per_epoch_records = [[r["iteration"] for r in records if r["epoch"] == epoch] for epoch in (1, 2, 3)]
+    assert [its[-1] for its in per_epoch_records] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+    assert per_epoch_records[1] == [i + per_epoch for i in per_epoch_records[0]] and len(lines) == len(records)
+    assert [h["epoch"] for h in read_json_lines(out / "train_histograms.jsonl", "epoch")] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("case", ["missing_folder", "unknown_trial_id", "bad_trial_line", "augment_without_data"])

@@ -38,6 +38,7 @@ echo "== 1/4 prepare + train (SphereFace2-C)"
 $PY recipes/VoxCeleb/train.py hparams/train.yaml "${PRESET[@]}" --data_folder="$DATA" \
     --trial_lists="$TRIALS" --output_folder="$OUT/train"
 tail -n 1 "$OUT/train/train_log.txt"
+echo "training curves (loss, lr, margin, cosines, EER, SphereFace2's bias and terms): $OUT/train/training_curves.png"
 
 echo "== 2/4 scoring (cosine and AS-norm) and the MFCC baseline on the same trials"
 $PY recipes/VoxCeleb/score.py hparams/verification.yaml --device=cpu \

@@ -37,6 +37,7 @@ from sb_sphereface2.scoring.metrics import compute_eer, compute_min_dcf
 from sb_sphereface2.scoring.trial_scores import score_trial_list
 from sb_sphereface2.training.cosine_statistics import raw_cosine_statistics, sharded_raw_cosine_statistics
 from sb_sphereface2.training.run_state import RandomStates, load_process_state, save_process_state
+from sb_sphereface2.training.watch import RunWatch
 
 logger = logging.getLogger(__name__)
 
@@ -95,15 +96,18 @@ class SpeakerBrain(sb.core.Brain):
         # public hook does the default's work with a wrapping that skips sharded modules
         # and keeps BatchNorm on CPU.
         self._compile()
+        self.watch = RunWatch(self)  # records, SphereFace2's terms, the picture, TensorBoard
         if self.distributed_launch:
             self._wrap_for_ddp()
         self.init_optimizers()
         if self.checkpointer is not None:
             self._add_resume_state()
+            self.watch.attach(self.checkpointer)
             self.checkpointer.recover_if_possible()
             if self.optimizer_step > 0:  # the values in force at the last iteration done
                 self._set_schedules(self.optimizer_step - 1)
             self._resume_train_log()
+            self.watch.resume(self.optimizer_step, getattr(getattr(self.hparams, "epoch_counter", None), "current", 0))
 
     def _add_resume_state(self):
         """What a checkpoint holds besides the modules, the optimizer and the counters, so
@@ -161,6 +165,7 @@ class SpeakerBrain(sb.core.Brain):
         if should_step and hasattr(scheduler, "on_batch_end"):
             scheduler.on_batch_end(self.optimizer)
         self.throughput.batch_end(self.device)
+        self.watch.batch_end(batch, outputs, loss)
         if self.step % self.progress_every == 0:
             show_on_progress_bar(self.throughput.text())
 
@@ -219,6 +224,7 @@ class SpeakerBrain(sb.core.Brain):
             resumed, self.resumed_totals = self.resumed_totals, None
             self.train_totals = resumed if resumed is not None else torch.zeros(4, dtype=torch.float64)
             self.throughput = ThroughputMeter()  # after a mid-epoch resume: the rest of the epoch
+            self.watch.train_start(epoch)
             if self.loader_generator is not None:
                 self.loader_generator.manual_seed(self._loader_seed(epoch))
         else:
@@ -233,6 +239,7 @@ class SpeakerBrain(sb.core.Brain):
                 "error": errors / max(1.0, count),
                 "cos_own": own / max(1.0, count),
                 "cos_other": others / max(1.0, count),
+                **self.watch.train_end(),  # SphereFace2's terms, epoch means
             }
             self.epoch_meta = {
                 "epoch": epoch,
@@ -261,6 +268,7 @@ class SpeakerBrain(sb.core.Brain):
         self.checkpointer.delete_checkpoints(num_to_keep=0, ckpt_predicate=lambda c: INTRA_EPOCH_CKPT_FLAG in c.meta)
         # Logged after the checkpoint: an epoch in the log is an epoch a rerun resumes after.
         self._log_stats(line)
+        self.watch.epoch_done(epoch)  # the picture from the log, TensorBoard
 
     def _log_stats(self, line):
         train_logger = self.hparams.train_logger
