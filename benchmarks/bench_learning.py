@@ -163,7 +163,7 @@ class Bench:
             "data": str(self.args.data), "stage1_preset": self.preset.overrides,
             "finetune_preset": self.finetune.overrides, "seeds": self.args.seeds,
             "pseudo_seeds": self.args.pseudo_seeds, "margin": MARGIN, "losses": LOSSES,
-            "noise_fractions": NOISE_FRACTIONS, "labelled_fraction": LABELLED_FRACTION,
+            "noise_fractions": self.args.noise_fractions, "labelled_fraction": LABELLED_FRACTION,
             "bootstrap_resamples": BOOTSTRAP_RESAMPLES, "untrained": UNTRAINED_OVERRIDES,
         }
         write_json_atomic(self.args.json, self.results)
@@ -268,7 +268,7 @@ class Bench:
             for loss in ("SphereFace2-C", "AAM"):
                 self.model(stage1(loss), seed, "train.yaml", {**self.base, "loss": LOSSES[loss], "margin": MARGIN},
                            "stage1")
-            for fraction in NOISE_FRACTIONS:
+            for fraction in self.args.noise_fractions:
                 noisy_csv = self.work / "noise" / f"train_noise{fraction:g}_{seed}.csv"
                 if not noisy_csv.is_file():
                     noisy_csv.parent.mkdir(parents=True, exist_ok=True)
@@ -537,6 +537,8 @@ def main(argv=None):
     parser.add_argument("--split-seed", type=int, default=1986, help="seed of the labelled / unlabelled split")
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES),
                         help="the losses of stage 1 (SphereFace2-C and AAM are needed by the other parts)")
+    parser.add_argument("--noise-fractions", type=float, nargs="+", default=list(NOISE_FRACTIONS),
+                        help="the class-wise noise levels of the noise part")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per training run")
     parser.add_argument("--results-md", help="rewrite the generated part of this file (e.g. RESULTS.md)")
     parser.add_argument("--report-only", action="store_true", help="no training: comparisons and tables only")
