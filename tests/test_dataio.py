@@ -3,7 +3,6 @@ speed-specific label, crops after the speed change, reproducible draws; label en
 utterance datasets; bad input."""
 
 import collections
-import logging
 import os
 from types import SimpleNamespace
 
@@ -176,25 +175,6 @@ def test_short_utterances_are_repeated_up_to_the_crop(tmp_path):
     slow = random_speed_crop(str(wav), 0, 10000, 0.9, 25000, np.random.default_rng(0)).numpy()
     stretched = change_speed(torch.from_numpy(audio), 0.9).numpy()  # 11112 samples
     np.testing.assert_array_equal(slow, np.concatenate([stretched, stretched, stretched[: 25000 - 2 * len(stretched)]]))
-
-
-def test_a_0_1_0_csv_leaves_out_its_perturbed_copies(tmp_path, caplog):
-    wav = tmp_path / "a.wav"
-    soundfile.write(wav, np.zeros(40000, np.float32), RATE)
-    path = tmp_path / "train.csv"
-    path.write_text(
-        "ID,duration,wav,start,stop,spk_id,speed\n"
-        f"a/s/1,2.5,{wav},0,40000,a,1.0\n"
-        f"a/s/1@sp0.9,2.7778,{wav},0,40000,a@sp0.9,0.9\n"
-        f"a/s/1@sp1.1,2.2727,{wav},0,40000,a@sp1.1,1.1\n"
-    )
-    assert read_speakers(str(path)) == ["a"]
-    encoder = label_encoder(speed_labels(["a"]), str(tmp_path / "enc.txt"))
-    with caplog.at_level(logging.INFO, logger="sb_sphereface2.data.dataio"):
-        data = training_dataset(str(path), encoder, crop_seconds=1.0)
-    assert [item["id"] for item in data] == ["a/s/1"]
-    assert "left out 2 speed-perturbed copies" in caplog.text
-    assert [item["id"] for item in utterance_dataset(str(path))] == ["a/s/1"]
 
 
 @pytest.mark.parametrize("damage", ["missing", "garbage", "rate", "range"])
