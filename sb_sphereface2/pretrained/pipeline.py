@@ -67,11 +67,13 @@ class EmbeddingPipeline(torch.nn.Module):
         samples = torch.round(wav_lens.to(torch.float64) * wavs.shape[1]).long()
         frames = _frame_counts(self.compute_features, samples)
         if frames is None:
-            lens = wav_lens
+            exact = wav_lens.to(torch.float64)
         else:
-            lens = (frames.to(torch.float64) / feats.shape[1]).clamp(max=1.0).to(wav_lens.dtype)
-        feats = self.mean_var_norm(feats, lens)
-        embeddings = self.embedding_model(feats, lens)
+            exact = (frames.to(torch.float64) / feats.shape[1]).clamp(max=1.0)
+        # In float64: SpeechBrain's padding mask keeps frames below lengths * T - 1e-6, and
+        # a float32 fraction times T can exceed the frame count by more than that.
+        feats = self.mean_var_norm(feats, exact)
+        embeddings = self.embedding_model(feats, exact.to(wav_lens.dtype))
         return embeddings.reshape(wavs.shape[0], -1).float()
 
 
