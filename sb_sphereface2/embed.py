@@ -49,13 +49,8 @@ def main(argv=None):
     (1, 'error: data folder not found: /nonexistent\\n')
     """
     args = build_parser().parse_args(argv)
-    from sb_sphereface2.scoring.extract import (
-        embedder_of_folder,
-        extract,
-        folder_utterances,
-        list_utterances,
-        model_record,
-    )
+    from sb_sphereface2.data.utterance_sources import folder_utterances, list_utterances
+    from sb_sphereface2.scoring.extract import embedder_of_folder, extract, model_record
 
     try:
         if args.batch_seconds < 0 or args.chunk_utterances < 1 or args.workers < 0:

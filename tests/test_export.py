@@ -24,7 +24,9 @@ import soundfile
 import torch
 
 from sb_sphereface2.pretrained.pipeline import EmbeddingPipeline
-from sb_sphereface2.scoring.extract import csv_utterances, extract, torch_embedder
+from sb_sphereface2.data.utterance_sources import csv_utterances
+from sb_sphereface2.pretrained.pipeline import torch_embedder
+from sb_sphereface2.scoring.extract import extract
 from sb_sphereface2.pretrained.card import training_config
 from sb_sphereface2.pretrained.checkpoint import CheckpointError, load_strictly
 from sb_sphereface2.pretrained.export import export_model, mean_embedding

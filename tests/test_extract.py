@@ -16,7 +16,8 @@ import pytest
 import soundfile
 
 from sb_sphereface2.scoring.embeddings_io import read_embeddings
-from sb_sphereface2.scoring.extract import embedder_of_folder, extract, folder_utterances, plan_batches
+from sb_sphereface2.data.utterance_sources import folder_utterances
+from sb_sphereface2.scoring.extract import embedder_of_folder, extract, plan_batches
 from tests.fixtures import LIBRISPEECH_MINI
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ and, given a calibration list, calibrated LLRs (optionally quality-aware: QMF).
 
     python recipes/VoxCeleb/score.py hparams/verification.yaml \\
         --model_folder=results/<run>/model --data_prep_folder=results/<run>/data \\
-        [--output_folder=...] [--calibration_trials=calibration.txt]
+        [--output_folder=...] [--calibration_trials=calibration.txt [--store_calibration=asnorm]]
 
 Before anything is embedded, every trial list is checked (targets and non-targets present,
 no pair labelled both ways, every utterance in test.csv, none shorter than
@@ -21,7 +21,10 @@ embeddings depend on padding, so they equal what the exported model gives. Outpu
 ``embeddings_test.npz`` (with durations and the model), ``embeddings_train.npz``,
 ``cosine/`` and ``asnorm/`` (scores, results, plots of ``python -m sb_sphereface2.scoring``)
 and ``results.md`` / ``results.json`` with both; every results file names the model folder,
-the sha256 of its ``embedding_model.ckpt`` and each trial list's sha256.
+the sha256 of its ``embedding_model.ckpt`` and each trial list's sha256. With
+``--store_calibration=cosine|asnorm`` the calibration of that scoring is written into the
+model folder (``sb_sphereface2.scoring.stored_calibration``) for ``python -m
+sb_sphereface2.verify``; without it the model folder is not touched.
 """
 
 import csv
@@ -36,13 +39,15 @@ from sb_sphereface2.data.trials import read_trials
 from sb_sphereface2.errors import fail, os_error_line
 from sb_sphereface2.hparams import parse_overrides, peek_hparams
 from sb_sphereface2.scoring import cli as scorer
-from sb_sphereface2.scoring.extract import csv_utterances, embedder_of_folder, extract, model_record
+from sb_sphereface2.data.utterance_sources import csv_utterances
+from sb_sphereface2.scoring.extract import embedder_of_folder, extract, model_record
 from sb_sphereface2.scoring.embeddings_io import save_embeddings
 from sb_sphereface2.scoring.output_folder import (
     OutputFolderError,
     exclusive_output_folder,
 )
 from sb_sphereface2.scoring.reports import write_results
+from sb_sphereface2.scoring.stored_calibration import SCORINGS, store_calibration
 from sb_sphereface2.scoring.trial_checks import check_trial_list
 
 
@@ -134,6 +139,11 @@ def main(argv):
         if not hp.get(key):
             raise ValueError(f"--{key}=... is required (see {hparams_file})")
     device = run_opts.get("device", "cpu")
+    if hp.get("store_calibration") is not None:
+        if hp["store_calibration"] not in SCORINGS:
+            raise ValueError(f"--store_calibration must be one of {', '.join(SCORINGS)}, got {hp['store_calibration']!r}")
+        if not hp.get("calibration_trials"):
+            raise ValueError("--store_calibration needs --calibration_trials=... (the list to fit it on)")
     trial_paths, calibration_path, utterance_rows, train_rows = check_inputs(hp)
     record = model_record(hp["model_folder"])
     out = hp["output_folder"]
@@ -167,6 +177,12 @@ def main(argv):
         table = write_results(tmp, combined, settings=settings, model=record)
     print(table)
     print(f"written to {out}")
+    if hp.get("store_calibration") is not None:
+        name = hp["store_calibration"]
+        stored = store_calibration(hp["model_folder"], os.path.join(out, name, "calibration.json"),
+                                   os.path.join(out, "embeddings_train.npz"), name, calibration_path,
+                                   hp["calibration_quality"] or (), hp["top_n"])
+        print(f"calibration ({name}) stored in {stored}")
     return combined
 
 

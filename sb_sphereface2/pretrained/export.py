@@ -81,7 +81,8 @@ def mean_embedding(folder, train_embeddings=None, train_csv=None, max_utterances
 
         _, embeddings, _ = load_embeddings(train_embeddings)
         return embeddings.astype(np.float64).mean(axis=0)
-    from sb_sphereface2.scoring.extract import csv_utterances, embedder_of_folder, extract
+    from sb_sphereface2.data.utterance_sources import csv_utterances
+    from sb_sphereface2.scoring.extract import embedder_of_folder, extract
 
     if not os.path.isfile(train_csv):
         raise FileNotFoundError(f"training CSV not found: {train_csv}")

@@ -18,7 +18,7 @@ import torch
 
 from sb_sphereface2.models.features import KaldiFbank
 
-__all__ = ["EmbeddingPipeline", "pipeline_of_folder", "padding_changes_embeddings"]
+__all__ = ["EmbeddingPipeline", "pipeline_of_folder", "torch_embedder", "padding_changes_embeddings"]
 
 
 def _frame_counts(compute_features, samples):
@@ -96,6 +96,26 @@ def pipeline_of_folder(folder, device="cpu"):
     hparams = load_model_folder(folder)
     pipeline = EmbeddingPipeline(hparams["compute_features"], hparams["mean_var_norm"], hparams["embedding_model"])
     return pipeline.to(device), hparams
+
+
+def torch_embedder(pipeline, device="cpu"):
+    """``embed(wavs, wav_lens) -> numpy [B, D]`` of an
+    :class:`sb_sphereface2.pretrained.pipeline.EmbeddingPipeline` (or any module of that
+    signature) on ``device``.
+
+    Example
+    -------
+    >>> embed = torch_embedder(pipeline_of_folder(getfixture("tiny_model_folder"))[0])
+    >>> embed(torch.zeros(1, 4000), torch.ones(1)).dtype
+    dtype('float32')
+    """
+    pipeline = pipeline.to(device).eval()
+
+    @torch.no_grad()
+    def embed(wavs, wav_lens):
+        return pipeline(torch.as_tensor(wavs).to(device), torch.as_tensor(wav_lens).to(device)).cpu().numpy()
+
+    return embed
 
 
 @torch.no_grad()

@@ -25,11 +25,9 @@ ResNet lobe, ECAPA-TDNN) do not; ``exact=True`` (what ``score.py`` asks for) mea
 a probe first and then embeds such a model one utterance at a time.
 """
 
-import csv
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -41,42 +39,13 @@ import torch
 from tqdm.auto import tqdm
 
 from sb_sphereface2.data.audio import read_converted
-from sb_sphereface2.data.audio_files import AUDIO_EXTENSIONS
-from sb_sphereface2.data.trials import speaker_of, utterance_id
 from sb_sphereface2.errors import one_line
 from sb_sphereface2.files import file_sha256, read_manifest, sidecar_path, write_json_atomic
 from sb_sphereface2.scoring.embeddings_io import read_embeddings, save_embeddings
 
-__all__ = ["Utterance", "Extraction", "folder_utterances", "list_utterances", "csv_utterances", "model_record",
-           "embedder_of_folder", "torch_embedder", "plan_batches", "extract"]
+__all__ = ["Extraction", "model_record", "embedder_of_folder", "plan_batches", "extract"]
 
 PADDING_TOLERANCE = 1e-5
-
-
-@dataclasses.dataclass(frozen=True)
-class Utterance:
-    """One utterance to embed.
-
-    Arguments
-    ---------
-    utt_id : str
-        Its ID in the embeddings file.
-    path : str
-        The audio file.
-    start, stop : int
-        Sample span in the file's own rate (``stop`` None: to the end).
-    speaker : str, optional
-        Its speaker (kept in the embeddings file when every utterance has one).
-    seconds : float, optional
-        Its duration when known (otherwise read from the header).
-    """
-
-    utt_id: str
-    path: str
-    start: int = 0
-    stop: int = None
-    speaker: str = None
-    seconds: float = None
 
 
 @dataclasses.dataclass
@@ -97,99 +66,6 @@ class Extraction:
     computed_chunks: int
     padding_change: float
     one_at_a_time: bool
-
-
-def folder_utterances(data_folder):
-    """Every audio file under a folder (any depth, hidden files left out), its ID its path
-    relative to the folder without the extension; speakers (the first folder) when every
-    file sits in a folder.
-
-    Example
-    -------
-    >>> import tempfile, numpy as np, soundfile
-    >>> root = tempfile.mkdtemp()
-    >>> os.makedirs(os.path.join(root, "spk", "s1"))
-    >>> soundfile.write(os.path.join(root, "spk", "s1", "1.flac"), np.zeros(800), 16000)
-    >>> [(u.utt_id, u.speaker) for u in folder_utterances(root)]
-    [('spk/s1/1', 'spk')]
-    """
-    root = os.path.abspath(os.fspath(data_folder))
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"data folder not found: {root}")
-    found = []
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-        for name in sorted(names):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS:
-                path = os.path.join(folder, name)
-                found.append((utterance_id(os.path.relpath(path, root)), path))
-    if not found:
-        raise ValueError(f"{root}: no {' or '.join(AUDIO_EXTENSIONS)} files under it")
-    with_speakers = all("/" in utt for utt, _ in found)
-    return _distinct([Utterance(utt, path, speaker=speaker_of(utt) if with_speakers else None)
-                      for utt, path in found], root)
-
-
-def list_utterances(list_file):
-    """The utterances of a list file: one ``PATH`` or ``ID PATH`` per line (blank lines and
-    ``#`` comments skipped), relative paths from the list's folder; an ID by default is the
-    path as written, without its extension.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> folder = tempfile.mkdtemp()
-    >>> _ = open(os.path.join(folder, "l.txt"), "w").write("a/x.wav\\n# c\\nutt2 /data/y.flac\\n")
-    >>> [(u.utt_id, u.path.endswith("a/x.wav"), u.path) for u in list_utterances(os.path.join(folder, "l.txt"))][1]
-    ('utt2', False, '/data/y.flac')
-    """
-    list_file = os.fspath(list_file)
-    base = os.path.dirname(os.path.abspath(list_file))
-    utterances = []
-    with open(list_file, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            fields = line.strip().split(maxsplit=1)
-            if not fields or fields[0].startswith("#"):
-                continue
-            utt, path = (utterance_id(fields[0]), fields[0]) if len(fields) == 1 else fields
-            utterances.append(Utterance(utt, os.path.join(base, path.strip())))
-    if not utterances:
-        raise ValueError(f"{list_file}: no files listed")
-    return _distinct(utterances, list_file)
-
-
-def csv_utterances(csv_path_or_rows, sample_rate=16000, max_seconds=None):
-    """The utterances of a data-preparation CSV (or its rows as dicts): whole utterances at
-    speed 1.0, optionally their first ``max_seconds``.
-
-    Example
-    -------
-    >>> rows = [{"ID": "s/1/1", "wav": "/a.wav", "start": "0", "stop": "48000", "duration": "3.0", "spk_id": "s"}]
-    >>> csv_utterances(rows, max_seconds=2.0)[0]
-    Utterance(utt_id='s/1/1', path='/a.wav', start=0, stop=32000, speaker='s', seconds=2.0)
-    """
-    rows = csv_path_or_rows
-    if isinstance(rows, (str, os.PathLike)):
-        with open(rows, encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    utterances = []
-    for row in rows:
-        if float(row.get("speed") or 1.0) != 1.0:
-            continue
-        start, stop = int(row["start"]), int(row["stop"])
-        if max_seconds is not None:
-            stop = min(stop, start + int(math.ceil(max_seconds * sample_rate)))
-        utterances.append(Utterance(row["ID"], row["wav"], start, stop, row.get("spk_id") or None,
-                                    (stop - start) / sample_rate))
-    return _distinct(utterances, "the CSV rows")
-
-
-def _distinct(utterances, where):
-    counts = Counter(u.utt_id for u in utterances)
-    twice = [utt for utt, n in counts.items() if n > 1]
-    if twice:
-        raise ValueError(f"{where}: utterance ID {twice[0]!r} given {counts[twice[0]]} times ({len(twice)} such IDs)")
-    return utterances
 
 
 def model_record(model_folder):
@@ -232,31 +108,10 @@ def embedder_of_folder(model_folder, backend="torch", device="cpu", threads=None
         return OnnxEmbedder(path, threads=threads), rate
     if backend != "torch":
         raise ValueError(f"backend must be torch or onnx, got {backend!r}")
-    from sb_sphereface2.pretrained.pipeline import pipeline_of_folder
+    from sb_sphereface2.pretrained.pipeline import pipeline_of_folder, torch_embedder
 
     pipeline, hparams = pipeline_of_folder(model_folder, device)
     return torch_embedder(pipeline, device), int(hparams.get("sample_rate", 16000))
-
-
-def torch_embedder(pipeline, device="cpu"):
-    """``embed(wavs, wav_lens) -> numpy [B, D]`` of an
-    :class:`sb_sphereface2.pretrained.pipeline.EmbeddingPipeline` (or any module of that
-    signature) on ``device``.
-
-    Example
-    -------
-    >>> from sb_sphereface2.pretrained.pipeline import pipeline_of_folder
-    >>> embed = torch_embedder(pipeline_of_folder(getfixture("tiny_model_folder"))[0])
-    >>> embed(torch.zeros(1, 4000), torch.ones(1)).dtype
-    dtype('float32')
-    """
-    pipeline = pipeline.to(device).eval()
-
-    @torch.no_grad()
-    def embed(wavs, wav_lens):
-        return pipeline(torch.as_tensor(wavs).to(device), torch.as_tensor(wav_lens).to(device)).cpu().numpy()
-
-    return embed
 
 
 def plan_batches(seconds, batch_seconds, chunk_utterances):
@@ -381,10 +236,11 @@ def extract(utterances, embed, sample_rate=16000, out=None, batch_seconds=200.0,
 
     Arguments
     ---------
-    utterances : list of Utterance
-        What to embed (:func:`folder_utterances`, :func:`list_utterances`, :func:`csv_utterances`).
+    utterances : list of sb_sphereface2.data.utterance_sources.Utterance
+        What to embed (a folder, a list file or CSV rows: :mod:`sb_sphereface2.data.utterance_sources`).
     embed : callable
-        ``embed(wavs [B, T], wav_lens [B]) -> [B, D]`` (:func:`embedder_of_folder`).
+        ``embed(wavs [B, T], wav_lens [B]) -> [B, D]``
+        (:func:`embedder_of_folder`).
     sample_rate : int
         The model's rate (other rates are resampled).
     out : str, optional
@@ -415,6 +271,7 @@ def extract(utterances, embed, sample_rate=16000, out=None, batch_seconds=200.0,
     Example
     -------
     >>> import tempfile, soundfile
+    >>> from sb_sphereface2.data.utterance_sources import folder_utterances
     >>> root = tempfile.mkdtemp()
     >>> for name, seconds in [("a", 1.0), ("b", 2.0), ("c", 0.1)]:
     ...     soundfile.write(os.path.join(root, name + ".wav"), np.random.randn(int(seconds * 16000)) * 0.1, 16000)

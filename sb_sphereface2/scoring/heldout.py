@@ -91,7 +91,8 @@ def embed_csv(model_folder, csv_path):
     """``(ids, embeddings)`` of every row of a prepared CSV, embedded by the model folder
     with the extractor (:mod:`sb_sphereface2.scoring.extract`; ``exact``: one at a time for
     a model whose embeddings depend on padding, as score.py embeds)."""
-    from sb_sphereface2.scoring.extract import csv_utterances, embedder_of_folder, extract
+    from sb_sphereface2.data.utterance_sources import csv_utterances
+    from sb_sphereface2.scoring.extract import embedder_of_folder, extract
 
     embed, rate = embedder_of_folder(str(model_folder))
     result = extract(csv_utterances(str(csv_path), rate), embed, rate, exact=True, progress=False)
