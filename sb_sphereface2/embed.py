@@ -50,7 +50,8 @@ def main(argv=None):
     """
     args = build_parser().parse_args(argv)
     from sb_sphereface2.data.utterance_sources import folder_utterances, list_utterances
-    from sb_sphereface2.scoring.extract import embedder_of_folder, extract, model_record
+    from sb_sphereface2.pretrained.pipeline import padding_changes_embeddings
+    from sb_sphereface2.scoring.extract import PADDING_TOLERANCE, embedder_of_folder, extract, model_record
 
     try:
         if args.batch_seconds < 0 or args.chunk_utterances < 1 or args.workers < 0:
@@ -70,10 +71,10 @@ def main(argv=None):
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
     for note, count in sorted(result.notes.items()):
         print(f"note: {count} file(s) {note}", file=sys.stderr)
-    if result.padding_change > 1e-5:
-        how = "one at a time (--exact)" if result.one_at_a_time else "batched anyway (--exact: one at a time)"
-        print(f"note: padding changes this model's embeddings by up to {result.padding_change:.2g}; {how}",
-              file=sys.stderr)
+    change = result.padding_change if args.exact else padding_changes_embeddings(embed, rate)
+    if change > PADDING_TOLERANCE:
+        how = "embedded one at a time (--exact)" if args.exact else "batched anyway (--exact: one at a time)"
+        print(f"note: padding changes this model's embeddings by up to {change:.2g}; {how}", file=sys.stderr)
     resumed = result.chunks - result.computed_chunks
     print(f"written {args.out}: {len(result.ids)} embeddings, {len(result.skipped)} skipped"
           + (f", {resumed} of {result.chunks} chunks kept from an earlier run" if resumed else ""))

@@ -63,6 +63,13 @@ class EmbeddingPipeline(torch.nn.Module):
 
     def forward(self, wavs, wav_lens):
         """Embeddings [B, D] (float32) of ``wavs`` [B, T] with relative lengths ``wav_lens`` [B]."""
+        feats, lens = self.features(wavs, wav_lens)
+        embeddings = self.embedding_model(feats, lens)
+        return embeddings.reshape(wavs.shape[0], -1).float()
+
+    def features(self, wavs, wav_lens):
+        """The front end alone: normalised features [B, frames, n_mels] and the frame
+        fractions [B] the model takes (what ``forward`` gives ``embedding_model``)."""
         feats = self.compute_features(wavs)
         samples = torch.round(wav_lens.to(torch.float64) * wavs.shape[1]).long()
         frames = _frame_counts(self.compute_features, samples)
@@ -72,9 +79,7 @@ class EmbeddingPipeline(torch.nn.Module):
             exact = (frames.to(torch.float64) / feats.shape[1]).clamp(max=1.0)
         # In float64: SpeechBrain's padding mask keeps frames below lengths * T - 1e-6, and
         # a float32 fraction times T can exceed the frame count by more than that.
-        feats = self.mean_var_norm(feats, exact)
-        embeddings = self.embedding_model(feats, exact.to(wav_lens.dtype))
-        return embeddings.reshape(wavs.shape[0], -1).float()
+        return self.mean_var_norm(feats, exact), exact.to(wav_lens.dtype)
 
 
 def pipeline_of_folder(folder, device="cpu"):
@@ -119,7 +124,7 @@ def torch_embedder(pipeline, device="cpu"):
 
 
 @torch.no_grad()
-def padding_changes_embeddings(embed, sample_rate=16000, seconds=(2.0, 3.0)):
+def padding_changes_embeddings(embed, sample_rate=16000, seconds=(1.0, 1.5)):
     """Largest change of a short utterance's unit-normalised embedding when it is padded in
     a batch with a longer one (0 for a model that honours the lengths).
 

@@ -53,8 +53,8 @@ class Extraction:
     """What :func:`extract` embedded: ``ids``, ``embeddings`` (float32 [N, D]), ``durations``
     (seconds [N]), ``speakers`` (or None), ``skipped`` (``[{"id", "path", "reason"}]``),
     ``notes`` (``{note: count}``, e.g. resampled files), ``chunks`` and ``computed_chunks``
-    (chunks of the job, and those this call computed), ``padding_change`` (the probe's)
-    and ``one_at_a_time`` (whether batching was turned off by ``exact``)."""
+    (chunks of the job, and those this call computed), ``padding_change`` (the probe's, with
+    ``exact``; else None) and ``one_at_a_time`` (whether batching was turned off by ``exact``)."""
 
     ids: list
     embeddings: np.ndarray
@@ -286,7 +286,7 @@ def extract(utterances, embed, sample_rate=16000, out=None, batch_seconds=200.0,
 
     if not utterances:
         raise ValueError("no utterances to embed")
-    padding_change = padding_changes_embeddings(embed, sample_rate)
+    padding_change = padding_changes_embeddings(embed, sample_rate) if exact else None
     one_at_a_time = exact and padding_change > PADDING_TOLERANCE
     seconds, failed = _header_seconds(utterances)
     for index, s in enumerate(seconds):
