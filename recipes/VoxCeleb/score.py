@@ -36,10 +36,10 @@ import numpy as np
 import speechbrain as sb
 
 from sb_sphereface2.data.trials import read_trials
+from sb_sphereface2.data.utterance_sources import csv_utterances
 from sb_sphereface2.errors import fail, os_error_line
 from sb_sphereface2.hparams import parse_overrides, peek_hparams
 from sb_sphereface2.scoring import cli as scorer
-from sb_sphereface2.data.utterance_sources import csv_utterances
 from sb_sphereface2.scoring.extract import embedder_of_folder, extract, model_record
 from sb_sphereface2.scoring.embeddings_io import save_embeddings
 from sb_sphereface2.scoring.output_folder import (
@@ -120,11 +120,12 @@ def check_inputs(hp):
     return trial_paths, calibration_path, [needed[utt] for utt in sorted(needed)], train_rows
 
 
-def embed_rows(rows, embed, desc, sample_rate, max_seconds=None):
+def embed_rows(rows, embed, desc, sample_rate, max_seconds=None, min_seconds=0.05):
     """Embed the utterances of ``rows`` with the extractor, one at a time for a model whose
     embeddings depend on padding (``exact``); returns the IDs, the embeddings and the
     embedded durations. A file that cannot be embedded is an error naming it."""
-    result = extract(csv_utterances(rows, sample_rate, max_seconds), embed, sample_rate, exact=True, desc=desc)
+    result = extract(csv_utterances(rows, sample_rate, max_seconds), embed, sample_rate, exact=True, desc=desc,
+                     min_seconds=min_seconds)
     if result.skipped:
         first = result.skipped[0]
         raise ValueError(f"{first['path']}: utterance {first['id']!r} cannot be embedded: {first['reason']} "
@@ -149,7 +150,8 @@ def main(argv):
     out = hp["output_folder"]
     with exclusive_output_folder(out) as tmp:
         embed, _ = embedder_of_folder(hp["model_folder"], device=device)
-        ids, emb, durations = embed_rows(utterance_rows, embed, "test utterances", hp["sample_rate"])
+        ids, emb, durations = embed_rows(utterance_rows, embed, "test utterances", hp["sample_rate"],
+                                         min_seconds=float(hp["min_utterance_seconds"]))
         test_npz = os.path.join(tmp, "embeddings_test.npz")
         save_embeddings(test_npz, ids, emb, durations=durations, model=record)
         cohort_rows = cohort_subset(train_rows, hp["cohort_utterances_per_speaker"])
