@@ -26,8 +26,9 @@ def build_parser():
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     parser.add_argument("--device", default="cpu", help="torch device (torch backend)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding audio (0: none)")
-    parser.add_argument("--batch-seconds", type=float, default=200.0,
-                        help="most padded audio per batch, seconds (0: one utterance at a time)")
+    parser.add_argument("--batch-seconds", type=float, default=30.0,
+                        help="most padded audio per batch, seconds (0: one utterance at a time; 30 was fastest "
+                        "on a CPU in BENCHMARKS.md, a GPU wants more)")
     parser.add_argument("--chunk-utterances", type=int, default=2000, help="utterances per resumable chunk")
     parser.add_argument("--min-seconds", type=float, default=0.5, help="shorter clips are listed and left out")
     parser.add_argument("--exact", action="store_true",

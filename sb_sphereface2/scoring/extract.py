@@ -230,7 +230,7 @@ def _read_chunk(parts, number, expected_ids):
     return rows, record.get("failed", {})
 
 
-def extract(utterances, embed, sample_rate=16000, out=None, batch_seconds=200.0, chunk_utterances=2000,
+def extract(utterances, embed, sample_rate=16000, out=None, batch_seconds=30.0, chunk_utterances=2000,
             workers=0, min_seconds=0.5, exact=False, model=None, progress=True, desc="embedding"):
     """Embed utterances in batches sorted by duration, resuming a killed run of the same job.
 
