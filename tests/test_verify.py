@@ -143,3 +143,22 @@ def test_embed_command_output_scores_to_the_eer_of_score_py(scored, tmp_path):
     reference = json.loads((scored["out"] / "results.json").read_text())["results"]["vox_tiny (cosine)"]
     assert results["vox_tiny"]["eer_percent"] == pytest.approx(reference["eer_percent"], abs=1e-6)
     assert results["vox_tiny"]["min_dcf_0.01"] == pytest.approx(reference["min_dcf_0.01"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_calibration_of_other_weights_is_a_one_line_error(scored, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(scored["model"], folder)
+    import torch
+
+    state = torch.load(folder / "embedding_model.ckpt", map_location="cpu")
+    torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, folder / "embedding_model.ckpt")
+    wav = next(scored["corpus"].rglob("*.flac"))
+    result = _run("-m", "sb_sphereface2.verify", folder, wav, wav)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == (f"error: {folder / 'calibration.json'} was fitted for other weights than "
+                             f"{folder / 'embedding_model.ckpt'}: rerun score.py --store_calibration\n")
+    shutil.copytree(scored["model"], tmp_path / "model2")
+    (tmp_path / "model2" / "calibration_statistics.npz").write_bytes(b"replaced")
+    result = _run("-m", "sb_sphereface2.verify", tmp_path / "model2", wav, wav)
+    assert result.returncode == 1 and "is missing or is not the one" in result.stderr and result.stderr.count("\n") == 1
