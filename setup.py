@@ -34,6 +34,7 @@ setup(
             "tensorboard>=2.14",
             "tqdm",
         ],
+        "onnx": ["onnx==1.23.2", "onnxscript==0.7.2", "onnxruntime==1.31.1"],
     },
     license="Apache-2.0",
 )

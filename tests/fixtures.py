@@ -26,6 +26,10 @@ treated as read-only (copy them before damaging files).
     per stage, 24 mels, 32-d) and seeded random weights, for the first 12 training
     speakers of ``librispeech_voxceleb_tree`` (speed 1.0 only: 12 classes).
 
+``tiny_model_folders`` (session scope) -> {model block: Path}
+    ``tiny_model_folder`` for ``resnet34`` and the same kind of folder, random weights and
+    tiny sizes (``TINY_BLOCK_SIZES``), for ``ecapa_tdnn`` and ``speechbrain_resnet``.
+
 ``espeak_corpus`` (session scope) -> ``tools.synthetic_corpus.SyntheticCorpus``
     8 espeak-ng speakers x 2 sessions x 2 utterances (3-6 s WAV, 16 kHz), with
     ``trials.txt`` over the last 3 speakers. Needs espeak-ng
@@ -47,6 +51,9 @@ NUM_TRIAL_SPEAKERS = 20
 TINY_MODEL = {"n_mels": 24, "emb_dim": 32, "resnet_channels": [4, 4, 8, 8], "resnet_blocks": [1, 1, 1, 1],
               "speed_perturb": False}
 TINY_MODEL_SPEAKERS = 12
+# Tiny sizes of the other model blocks (``tiny_model_folders``).
+TINY_BLOCK_SIZES = {"ecapa_tdnn": {"ecapa_channels": 16},
+                    "speechbrain_resnet": {"sb_resnet_channels": [4, 4, 8, 8], "sb_resnet_blocks": [1, 1, 1, 1]}}
 
 
 @dataclass
@@ -136,6 +143,29 @@ def tiny_model_folder(librispeech_voxceleb_tree, tmp_path_factory):
         extra_files={"train_hparams.yaml": training_hparams_text(stage, overrides, [1], len(speakers))},
     )
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folders(tiny_model_folder, librispeech_voxceleb_tree, tmp_path_factory):
+    """``{model block: model folder}`` with seeded random weights (see module docstring)."""
+    import torch
+
+    from sb_sphereface2.hparams import load_recipe_hparams
+    from sb_sphereface2.pretrained.folder import inference_hparams_yaml, write_model_folder
+
+    stage = str(Path(__file__).resolve().parents[1] / "hparams" / "train.yaml")
+    base = tmp_path_factory.mktemp("tiny_blocks")
+    folders = {"resnet34": tiny_model_folder}
+    for model, sizes in TINY_BLOCK_SIZES.items():
+        overrides = {"data_folder": str(librispeech_voxceleb_tree.root), "model": model, "n_mels": 24, "emb_dim": 32,
+                     "speed_perturb": False, **sizes}
+        torch.manual_seed(0)
+        hparams = load_recipe_hparams(stage, overrides, num_classes=TINY_MODEL_SPEAKERS)
+        states = {name: hparams[name].state_dict() for name in ("embedding_model", "classifier")}
+        folders[model] = Path(write_model_folder(
+            str(base / model), inference_hparams_yaml(stage, overrides, num_classes=TINY_MODEL_SPEAKERS), states,
+            str(tiny_model_folder / "label_encoder.txt")))
+    return folders
 
 
 @pytest.fixture(scope="session")

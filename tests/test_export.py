@@ -4,7 +4,7 @@ fine-tuning from it.
 Tests marked slow share one tiny ResNet trained once per module (real speech cut from
 librispeech-mini, 30 speakers, 20 epochs) with the recipe's own command (train.yaml with
 Adam); the scoring stage (recipe modules,
-:func:`sb_sphereface2.scoring.embed.embed_waveform`,
+:class:`sb_sphereface2.pretrained.pipeline.EmbeddingPipeline` one utterance at a time,
 :func:`sb_sphereface2.scoring.trial_scores.score_trials`) is run here and compared with what SpeechBrain's ``SpeakerRecognition`` and
 ``EncoderClassifier`` compute from the exported folder in a separate process with the hub
 offline. The others use a model folder of random weights (``tiny_model_folder`` of conftest).
@@ -23,8 +23,10 @@ import pytest
 import soundfile
 import torch
 
-from sb_sphereface2.data.dataio import utterance_dataset
-from sb_sphereface2.scoring.embed import embed_dataset, embed_waveform
+from sb_sphereface2.pretrained.pipeline import EmbeddingPipeline
+from sb_sphereface2.data.utterance_sources import csv_utterances
+from sb_sphereface2.pretrained.pipeline import torch_embedder
+from sb_sphereface2.scoring.extract import extract
 from sb_sphereface2.pretrained.card import training_config
 from sb_sphereface2.pretrained.checkpoint import CheckpointError, load_strictly
 from sb_sphereface2.pretrained.export import export_model, mean_embedding
@@ -98,13 +100,18 @@ def _recipe_modules(stage, overrides, model_folder, num_classes):
     return hparams
 
 
+def _pipeline(hparams):
+    return EmbeddingPipeline(hparams["compute_features"], hparams["mean_var_norm"], hparams["embedding_model"])
+
+
 def _embed_files(hparams, paths):
     rows = []
+    pipeline = _pipeline(hparams)
     for path in paths:
         audio, rate = soundfile.read(path, dtype="float32")
         assert rate == 16000
-        rows.append(embed_waveform(torch.from_numpy(audio), hparams["compute_features"],
-                                   hparams["mean_var_norm"], hparams["embedding_model"]).numpy())
+        with torch.no_grad():
+            rows.append(pipeline(torch.from_numpy(audio)[None], torch.ones(1))[0].numpy())
     return np.stack(rows).astype(np.float64)
 
 
@@ -126,9 +133,9 @@ def trained(librispeech_voxceleb_tree, tmp_path_factory):
     recipe = _recipe_modules(str(stage), override_map, model_folder, num_classes=30)
 
     # The scoring stage: training mean, trial embeddings, cosine scores, results.json.
-    train_ids, train_emb = embed_dataset(utterance_dataset(str(out / "data" / "train.csv")),
-                                         recipe["compute_features"], recipe["mean_var_norm"],
-                                         recipe["embedding_model"], progress=False)
+    extraction = extract(csv_utterances(str(out / "data" / "train.csv")), torch_embedder(_pipeline(recipe)),
+                         exact=True, progress=False)
+    train_ids, train_emb = extraction.ids, extraction.embeddings
     mean = train_emb.astype(np.float64).mean(axis=0)
     save_embeddings(base / "train_emb.npz", train_ids, train_emb)
     trials = read_trials(tree.trial_lists[0])

@@ -75,3 +75,31 @@ def test_the_exported_folder_ranks_same_speaker_pairs_first(demo):
     line = next(line for line in stdout.splitlines() if "ranked above different-speaker pairs" in line)
     ranked = float(line.rsplit(":", 1)[1].strip().rstrip("%")) / 100
     assert ranked > MIN_RANKED, line
+
+
+@pytest.mark.slow
+def test_the_demo_model_exports_to_onnx_and_onnxruntime_reproduces_it(demo, tmp_path):
+    import numpy as np
+    import soundfile
+    import torch
+
+    from sb_sphereface2.pretrained.onnx_export import OnnxEmbedder, export_onnx
+    from sb_sphereface2.pretrained.pipeline import pipeline_of_folder
+
+    out, _ = demo
+    folder = out / "exported"
+    embedder = OnnxEmbedder(export_onnx(folder, tmp_path / "demo.onnx"))
+    pipeline, _ = pipeline_of_folder(folder)
+    recordings = sorted(LIBRISPEECH_MINI.glob("*/*/*.flac"))[-4:]
+    wavs = [torch.from_numpy(soundfile.read(path, dtype="float32")[0]) for path in recordings]
+    wavs = [wav[: int(16000 * seconds)] for wav, seconds in zip(wavs, (0.5, 3.0, 8.0, 14.0))]
+    lengths = torch.tensor([len(w) for w in wavs])
+    batch = torch.zeros(len(wavs), int(lengths.max()))
+    for row, wav in enumerate(wavs):
+        batch[row, : len(wav)] = wav
+    lens = lengths / lengths.max()
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(pipeline(batch, lens), dim=-1).numpy()
+    got = embedder(batch, lens)
+    got = got / np.linalg.norm(got, axis=1, keepdims=True)
+    assert np.abs(got - expected).max() <= 1e-4

@@ -5,7 +5,7 @@ and, given a calibration list, calibrated LLRs (optionally quality-aware: QMF).
 
     python recipes/VoxCeleb/score.py hparams/verification.yaml \\
         --model_folder=results/<run>/model --data_prep_folder=results/<run>/data \\
-        [--output_folder=...] [--calibration_trials=calibration.txt]
+        [--output_folder=...] [--calibration_trials=calibration.txt [--store_calibration=asnorm]]
 
 Before anything is embedded, every trial list is checked (targets and non-targets present,
 no pair labelled both ways, every utterance in test.csv, none shorter than
@@ -14,13 +14,17 @@ One run holds the output folder at a time (a second one refuses at once, naming 
 the first); it writes into a temporary folder beside it, swapped in when everything is
 written, so a failed or killed run leaves the previous results or nothing.
 
-Embeddings are computed one utterance at a time with the model folder's own modules, as
-SpeechBrain's ``EncoderClassifier.encode_batch`` does, so they do not depend on batching
-and equal what the exported model gives. Outputs in ``output_folder``:
+Embeddings are computed by the project's extractor (``sb_sphereface2.scoring.extract``,
+the loop of ``python -m sb_sphereface2.embed``): batched by duration for a model that
+honours lengths (the same embeddings as one at a time), one at a time for a model whose
+embeddings depend on padding, so they equal what the exported model gives. Outputs in ``output_folder``:
 ``embeddings_test.npz`` (with durations and the model), ``embeddings_train.npz``,
 ``cosine/`` and ``asnorm/`` (scores, results, plots of ``python -m sb_sphereface2.scoring``)
 and ``results.md`` / ``results.json`` with both; every results file names the model folder,
-the sha256 of its ``embedding_model.ckpt`` and each trial list's sha256.
+the sha256 of its ``embedding_model.ckpt`` and each trial list's sha256. With
+``--store_calibration=cosine|asnorm`` the calibration of that scoring is written into the
+model folder (``sb_sphereface2.scoring.stored_calibration``) for ``python -m
+sb_sphereface2.verify``; without it the model folder is not touched.
 """
 
 import csv
@@ -31,38 +35,20 @@ import sys
 import numpy as np
 import speechbrain as sb
 
-from sb_sphereface2.data.dataio import utterance_dataset
-from sb_sphereface2.data.prepare import CSV_HEADER
 from sb_sphereface2.data.trials import read_trials
+from sb_sphereface2.data.utterance_sources import csv_utterances
 from sb_sphereface2.errors import fail, os_error_line
-from sb_sphereface2.files import file_sha256, write_csv_atomic
 from sb_sphereface2.hparams import parse_overrides, peek_hparams
 from sb_sphereface2.scoring import cli as scorer
-from sb_sphereface2.scoring.embed import embed_dataset
+from sb_sphereface2.scoring.extract import embedder_of_folder, extract, model_record
 from sb_sphereface2.scoring.embeddings_io import save_embeddings
 from sb_sphereface2.scoring.output_folder import (
     OutputFolderError,
     exclusive_output_folder,
 )
 from sb_sphereface2.scoring.reports import write_results
+from sb_sphereface2.scoring.stored_calibration import SCORINGS, store_calibration
 from sb_sphereface2.scoring.trial_checks import check_trial_list
-
-
-def load_model(model_folder, device="cpu"):
-    """The model folder's ``compute_features``, ``mean_var_norm`` and ``embedding_model``,
-    loaded offline by SpeechBrain's ``SpeakerRecognition`` (the one place that loads the model)."""
-    from sb_sphereface2.pretrained.folder import load_for_inference
-
-    model = load_for_inference(model_folder, device=device)  # strict
-    return model.mods.compute_features, model.mods.mean_var_norm, model.mods.embedding_model
-
-
-def model_record(model_folder):
-    """``{"folder", "embedding_model_sha256"}``: which model made the scores."""
-    checkpoint = os.path.join(model_folder, "embedding_model.ckpt")
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"model folder {model_folder} has no embedding_model.ckpt")
-    return {"folder": os.path.abspath(model_folder), "embedding_model_sha256": file_sha256(checkpoint)}
 
 
 def read_rows(csv_path, unperturbed=False):
@@ -134,16 +120,17 @@ def check_inputs(hp):
     return trial_paths, calibration_path, [needed[utt] for utt in sorted(needed)], train_rows
 
 
-def embed_rows(rows, csv_path, modules, device, desc, sample_rate, max_seconds=None):
-    """Embed the utterances of ``rows`` (written to ``csv_path`` first); returns the IDs,
-    the embeddings and the embedded durations."""
-    write_csv_atomic(csv_path, CSV_HEADER, [[row.get(key, "1.0" if key == "speed" else "") for key in CSV_HEADER]
-                                            for row in rows])
-    dataset = utterance_dataset(csv_path, sample_rate, max_seconds=max_seconds)
-    ids, embeddings = embed_dataset(dataset, *modules, device=device, desc=desc)
-    by_id = {row["ID"]: float(row["duration"]) for row in rows}
-    durations = [min(by_id[i], max_seconds) if max_seconds else by_id[i] for i in ids]
-    return ids, embeddings, durations
+def embed_rows(rows, embed, desc, sample_rate, max_seconds=None, min_seconds=0.05):
+    """Embed the utterances of ``rows`` with the extractor, one at a time for a model whose
+    embeddings depend on padding (``exact``); returns the IDs, the embeddings and the
+    embedded durations. A file that cannot be embedded is an error naming it."""
+    result = extract(csv_utterances(rows, sample_rate, max_seconds), embed, sample_rate, exact=True, desc=desc,
+                     min_seconds=min_seconds)
+    if result.skipped:
+        first = result.skipped[0]
+        raise ValueError(f"{first['path']}: utterance {first['id']!r} cannot be embedded: {first['reason']} "
+                         f"({len(result.skipped)} such utterances)")
+    return result.ids, result.embeddings, result.durations
 
 
 def main(argv):
@@ -153,19 +140,23 @@ def main(argv):
         if not hp.get(key):
             raise ValueError(f"--{key}=... is required (see {hparams_file})")
     device = run_opts.get("device", "cpu")
+    if hp.get("store_calibration") is not None:
+        if hp["store_calibration"] not in SCORINGS:
+            raise ValueError(f"--store_calibration must be one of {', '.join(SCORINGS)}, got {hp['store_calibration']!r}")
+        if not hp.get("calibration_trials"):
+            raise ValueError("--store_calibration needs --calibration_trials=... (the list to fit it on)")
     trial_paths, calibration_path, utterance_rows, train_rows = check_inputs(hp)
     record = model_record(hp["model_folder"])
     out = hp["output_folder"]
     with exclusive_output_folder(out) as tmp:
-        modules = load_model(hp["model_folder"], device)
-        ids, emb, durations = embed_rows(utterance_rows, os.path.join(tmp, "test_utterances.csv"), modules,
-                                         device, "test utterances", hp["sample_rate"])
+        embed, _ = embedder_of_folder(hp["model_folder"], device=device)
+        ids, emb, durations = embed_rows(utterance_rows, embed, "test utterances", hp["sample_rate"],
+                                         min_seconds=float(hp["min_utterance_seconds"]))
         test_npz = os.path.join(tmp, "embeddings_test.npz")
         save_embeddings(test_npz, ids, emb, durations=durations, model=record)
         cohort_rows = cohort_subset(train_rows, hp["cohort_utterances_per_speaker"])
         train_ids, train_emb, train_durations = embed_rows(
-            cohort_rows, os.path.join(tmp, "cohort.csv"), modules, device, "cohort utterances",
-            hp["sample_rate"], max_seconds=hp["cohort_max_seconds"])
+            cohort_rows, embed, "cohort utterances", hp["sample_rate"], max_seconds=hp["cohort_max_seconds"])
         speakers = [row["spk_id"] for row in cohort_rows]
         train_npz = os.path.join(tmp, "embeddings_train.npz")
         save_embeddings(train_npz, train_ids, train_emb, speakers, train_durations, model=record)
@@ -188,6 +179,12 @@ def main(argv):
         table = write_results(tmp, combined, settings=settings, model=record)
     print(table)
     print(f"written to {out}")
+    if hp.get("store_calibration") is not None:
+        name = hp["store_calibration"]
+        stored = store_calibration(hp["model_folder"], os.path.join(out, name, "calibration.json"),
+                                   os.path.join(out, "embeddings_train.npz"), name, calibration_path,
+                                   hp["calibration_quality"] or (), hp["top_n"])
+        print(f"calibration ({name}) stored in {stored}")
     return combined
 
 

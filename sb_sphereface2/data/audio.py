@@ -4,6 +4,8 @@
   through SpeechBrain's audio I/O with a frame offset, so only that span is decoded.
 - :func:`change_speed`: resampling that plays a signal ``speed`` times faster
   (Kaldi/wespeaker-style speed perturbation: length and pitch change together).
+- :func:`read_converted`: a whole file (or a span) at the rate a model needs, whatever
+  its rate and channels: resampled and downmixed, saying so (embedding any audio).
 - :func:`random_speed_crop`: a crop of fixed length from a random offset of the
   utterance *after* its speed change, reading only what it needs; an utterance shorter
   than the crop is repeated up to the crop length (as wespeaker pads).
@@ -65,6 +67,50 @@ def read_segment(source, start, stop, sample_rate=16000, name=None):
     if audio.shape[1] != stop - start:
         raise ValueError(f"{name}: expected samples {start}..{stop}, the file has {start + audio.shape[1]}")
     return audio.mean(dim=0) if audio.shape[0] > 1 else audio[0]
+
+
+def read_converted(path, sample_rate=16000, start=0, stop=None):
+    """Samples ``start..stop`` (the file's own rate; ``stop`` None: to the end) of an audio
+    file as float32 mono at ``sample_rate``: channels averaged and the rate converted when
+    they differ, each change named in the returned notes.
+
+    Arguments
+    ---------
+    path : str
+        The audio file.
+    sample_rate : int
+        The rate wanted.
+    start, stop : int
+        Sample range in the file's rate.
+
+    Returns
+    -------
+    tuple
+        ``(signal [samples], notes)``; ``notes`` lists what was changed (empty when nothing).
+
+    Example
+    -------
+    >>> import os, tempfile, numpy as np, soundfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.wav")
+    >>> soundfile.write(path, np.zeros((8000, 2)), 8000)
+    >>> signal, notes = read_converted(path, 16000)
+    >>> signal.shape, notes
+    (torch.Size([16000]), ['2 channels downmixed to mono', 'resampled from 8000 Hz to 16000 Hz'])
+    """
+    try:
+        audio, rate = audio_io.load(path, dtype=torch.float32, frame_offset=start,
+                                    num_frames=-1 if stop is None else stop - start, channels_first=True)
+    except Exception as error:
+        cause = error.__cause__ or error
+        raise ValueError(f"{path}: unreadable audio file ({' '.join(str(cause).split())})") from None
+    notes = []
+    if audio.shape[0] > 1:
+        notes.append(f"{audio.shape[0]} channels downmixed to mono")
+    signal = audio.mean(dim=0)
+    if rate != sample_rate:
+        notes.append(f"resampled from {rate} Hz to {sample_rate} Hz")
+        signal = torchaudio.functional.resample(signal, rate, sample_rate)
+    return signal.contiguous(), notes
 
 
 @functools.lru_cache(maxsize=16)

@@ -63,7 +63,7 @@ def mean_embedding(folder, train_embeddings=None, train_csv=None, max_utterances
         subtracts.
     train_csv : str, optional
         Otherwise a data CSV (``train.csv`` of the recipe's data folder) whose whole
-        utterances are embedded one at a time.
+        utterances are embedded by the extractor (:mod:`sb_sphereface2.scoring.extract`).
     max_utterances : int, optional
         Embed only the first N rows of ``train_csv``.
     progress : bool
@@ -81,21 +81,17 @@ def mean_embedding(folder, train_embeddings=None, train_csv=None, max_utterances
 
         _, embeddings, _ = load_embeddings(train_embeddings)
         return embeddings.astype(np.float64).mean(axis=0)
-    from sb_sphereface2.data.dataio import utterance_dataset
-    from sb_sphereface2.scoring.embed import embed_dataset
+    from sb_sphereface2.data.utterance_sources import csv_utterances
+    from sb_sphereface2.scoring.extract import embedder_of_folder, extract
 
     if not os.path.isfile(train_csv):
         raise FileNotFoundError(f"training CSV not found: {train_csv}")
-    hparams = load_model_folder(folder)
-    dataset = utterance_dataset(train_csv, hparams.get("sample_rate", 16000))
+    embed, rate = embedder_of_folder(folder)
+    utterances = csv_utterances(train_csv, rate)
     if max_utterances is not None:
-        dataset = [dataset[i] for i in range(min(max_utterances, len(dataset)))]
-    _, embeddings = embed_dataset(
-        dataset, hparams["compute_features"], hparams["mean_var_norm"], hparams["embedding_model"],
-        progress=progress, desc="training mean embedding",
-    )
-    return embeddings.astype(np.float64).mean(axis=0)
-
+        utterances = utterances[:max_utterances]
+    result = extract(utterances, embed, rate, exact=True, progress=progress, desc="training mean embedding")
+    return result.embeddings.astype(np.float64).mean(axis=0)
 
 
 def _probe_signal(seconds=3.0, sample_rate=16000):
@@ -115,12 +111,12 @@ def _verify(folder, reference, mean, atol):
     from speechbrain.inference.classifiers import EncoderClassifier
     from speechbrain.inference.speaker import SpeakerRecognition
 
-    from sb_sphereface2.scoring.embed import embed_waveform
+    from sb_sphereface2.pretrained.pipeline import EmbeddingPipeline
 
     probe = _probe_signal(sample_rate=int(reference.get("sample_rate", 16000)))
-    expected = embed_waveform(
-        probe, reference["compute_features"], reference["mean_var_norm"], reference["embedding_model"]
-    )
+    pipeline = EmbeddingPipeline(reference["compute_features"], reference["mean_var_norm"], reference["embedding_model"])
+    with torch.no_grad():
+        expected = pipeline(probe[None], torch.ones(1))[0]
     savedir = tempfile.mkdtemp(prefix="sb_sphereface2_verify_")
     try:
         for cls in (SpeakerRecognition, EncoderClassifier):

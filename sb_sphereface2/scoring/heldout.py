@@ -88,15 +88,18 @@ def same_sex_trials(trials, sexes, name="heldout_hard"):
 
 
 def embed_csv(model_folder, csv_path):
-    """``(ids, embeddings)`` of every row of a prepared CSV, embedded one at a time by the
-    model folder's modules (as score.py and SpeechBrain's ``encode_batch`` do)."""
-    from sb_sphereface2.data.dataio import utterance_dataset
-    from sb_sphereface2.pretrained.folder import load_model_folder
-    from sb_sphereface2.scoring.embed import embed_dataset
+    """``(ids, embeddings)`` of every row of a prepared CSV, embedded by the model folder
+    with the extractor (:mod:`sb_sphereface2.scoring.extract`; ``exact``: one at a time for
+    a model whose embeddings depend on padding, as score.py embeds)."""
+    from sb_sphereface2.data.utterance_sources import csv_utterances
+    from sb_sphereface2.scoring.extract import embedder_of_folder, extract
 
-    hparams = load_model_folder(str(model_folder))
-    return embed_dataset(utterance_dataset(str(csv_path)), hparams["compute_features"], hparams["mean_var_norm"],
-                         hparams["embedding_model"], progress=False)
+    embed, rate = embedder_of_folder(str(model_folder))
+    result = extract(csv_utterances(str(csv_path), rate), embed, rate, exact=True, progress=False)
+    if result.skipped:
+        raise ValueError(f"{csv_path}: {len(result.skipped)} utterances not embedded, the first "
+                         f"({result.skipped[0]['id']}) because {result.skipped[0]['reason']}")
+    return result.ids, result.embeddings
 
 
 def heldout_scores(model_folder, data_prep_folder, trial_lists, top_n=300):
