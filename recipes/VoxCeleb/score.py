@@ -51,19 +51,16 @@ from sb_sphereface2.scoring.stored_calibration import SCORINGS, store_calibratio
 from sb_sphereface2.scoring.trial_checks import check_trial_list
 
 
-def read_rows(csv_path, unperturbed=False):
-    """``{ID: row}`` of a data-preparation CSV (``unperturbed``: speed 1.0 rows only)."""
+def read_rows(csv_path):
+    """``{ID: row}`` of a data-preparation CSV."""
     with open(csv_path, encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if unperturbed:
-        rows = [r for r in rows if float(r.get("speed") or 1.0) == 1.0]
-    return {row["ID"]: row for row in rows}
+        return {row["ID"]: row for row in csv.DictReader(handle)}
 
 
 def cohort_subset(train_rows, per_speaker, seed=0):
-    """At most ``per_speaker`` unperturbed training utterances of each speaker."""
+    """At most ``per_speaker`` training utterances of each speaker."""
     if not train_rows:
-        raise ValueError("train.csv has no unperturbed training utterances for the cohort")
+        raise ValueError("train.csv has no training utterances for the cohort")
     rng = np.random.default_rng(seed)
     by_speaker = {}
     for row in train_rows.values():
@@ -96,7 +93,7 @@ def check_inputs(hp):
         raise FileNotFoundError(f"{prep} has no test.csv or trials/*.txt: give train.py --trial_lists=[...] first")
     if not os.path.isfile(train_csv):
         raise FileNotFoundError(f"{train_csv} not found: the mean embedding and the cohort come from it")
-    test_rows, train_rows = read_rows(test_csv), read_rows(train_csv, unperturbed=True)
+    test_rows, train_rows = read_rows(test_csv), read_rows(train_csv)
     needed = {}
     for path in trial_paths:
         trials = read_trials(path)
