@@ -375,6 +375,8 @@ def _mean_sd(values):
 
 
 def configuration_table(results, configs, scoring="cosine"):
+    if not any(r["config"] in configs for r in results["runs"].values()):
+        return "_Not run in this benchmark (no results in the JSON)._"
     lines = ["| configuration | seeds | EER % (all) | minDCF (all) | EER % (hard) | minDCF (hard) |",
              "|---|---:|---:|---:|---:|---:|"]
     for config in configs:
@@ -399,6 +401,8 @@ def _interval(value, low, high, digits):
 
 
 def comparison_table(entries, group):
+    if not any(entry["group"] == group for entry in entries):
+        return "_No comparison: its runs are missing._"
     lines = ["| comparison (A vs B) | list | metric | mean A − B [95 % t CI] | seeds favouring A / B | "
              "per-seed A − B [95 % speaker bootstrap] |", "|---|---|---|---|---|---|"]
     for entry in entries:
@@ -433,6 +437,8 @@ def verdicts(entries, group):
                     excluded.append(f"{name}: the 95 % interval excludes 0 ({side}; mean {r['mean']:+.3g})")
                 else:
                     included.append(name)
+    if not excluded and not included:
+        return ""
     lines = [f"- {line}" for line in excluded] or ["- No 95 % t interval of this group excludes 0."]
     if included:
         lines.append(f"- The interval contains 0 (no difference shown) for: {'; '.join(included)}.")
@@ -440,6 +446,8 @@ def verdicts(entries, group):
 
 
 def clustering_table(results):
+    if not results["clustering"]:
+        return "_Not run in this benchmark._"
     lines = ["| clustering model | seed | utterances | speakers (true) | speakers (estimated) | NMI | ARI |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for key, r in sorted(results["clustering"].items()):
@@ -548,7 +556,7 @@ def main(argv=None):
     if not args.report_only:
         for part in args.parts:
             getattr(bench, part)(args.pseudo_seeds if part in ("pseudo", "noise") else args.seeds)
-        bench.mfcc()
+    bench.mfcc()  # the baseline (no training), also for a report
     compare(bench, args.seeds, args.pseudo_seeds)
     if args.results_md:
         write_results_md(args.results_md, bench.results)
