@@ -8,7 +8,7 @@ import math
 import os
 from collections import Counter
 
-from sb_sphereface2.data.audio_files import AUDIO_EXTENSIONS
+from sb_sphereface2.data.audio_check import AUDIO_EXTENSIONS
 from sb_sphereface2.data.trials import speaker_of, utterance_id
 
 __all__ = ["Utterance", "folder_utterances", "list_utterances", "csv_utterances"]
