@@ -10,12 +10,16 @@ each at its iteration, so that a resumed run continues the curves where its chec
 left them.
 """
 
+import logging
 import os
 
 from speechbrain.utils.distributed import if_main_process
 
+from sb_sphereface2.errors import os_error_line
 from sb_sphereface2.training.curves import read_run, write_run_curves
 from sb_sphereface2.training.diagnostics import TrainingDiagnostics
+
+logger = logging.getLogger(__name__)
 
 TENSORBOARD_FOLDER = "tensorboard"
 _EPOCH_KEYS = ("iteration", "epoch")
@@ -108,7 +112,16 @@ class RunWatch:
         files kept to it, the picture redrawn when an epoch is done."""
         self.diagnostics.resume(iterations_done, epochs_done)
         if self.folder and epochs_done and if_main_process():
+            self._redraw()
+
+    def _redraw(self):
+        """The picture is a view of the log: when it cannot be written (a full disk), the
+        earlier picture stays (it is written atomically), a warning says why, and training
+        goes on; the checkpoint or the log that needs the disk fails with its own line."""
+        try:
             write_run_curves(self.folder)
+        except OSError as error:
+            logger.warning("training picture not redrawn in %s: %s", self.folder, os_error_line(error))
 
     def train_start(self, epoch):
         self.diagnostics.train_start(epoch)
@@ -124,7 +137,7 @@ class RunWatch:
         """After the epoch's checkpoint and log line: the picture, TensorBoard."""
         if not self.folder or not if_main_process():
             return
-        write_run_curves(self.folder)
+        self._redraw()
         if self.tensorboard:
             if self.tensorboard_logger is None:
                 from speechbrain.utils.train_logger import TensorboardLogger
