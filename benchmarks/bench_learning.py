@@ -46,6 +46,10 @@ Everything goes into ``--json`` after every run (a rerun resumes; a half-finishe
 run resumes from its checkpoint); the scores of every model are kept in ``WORK/scores`` for
 the bootstrap. ``--results-md FILE`` rewrites the generated part of FILE (between the
 ``bench_learning`` markers) from the JSON, so that no number is copied by hand.
+
+On several cores, processes on disjoint seeds can share one ``--work`` folder, each with
+its own ``--json`` and ``--train-only`` (start one first: it prepares the data); then one
+``--report-only --merge OTHER.json ...`` run with every seed writes the report.
 """
 
 import argparse
@@ -151,6 +155,10 @@ class Bench:
         self.results = json.loads(Path(args.json).read_text()) if os.path.isfile(args.json) else {}
         self.results.setdefault("runs", {})
         self.results.setdefault("clustering", {})
+        for other in args.merge or []:  # runs of other processes (disjoint seeds, one work folder)
+            merged = json.loads(Path(other).read_text())
+            for key in ("runs", "clustering"):
+                self.results[key].update(merged.get(key, {}))
         corpus = measure_corpus(args.data)
         self.preset = small_data_preset(corpus)
         self.finetune = small_data_finetune_preset(corpus)
@@ -550,12 +558,19 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="torch threads per training run")
     parser.add_argument("--results-md", help="rewrite the generated part of this file (e.g. RESULTS.md)")
     parser.add_argument("--report-only", action="store_true", help="no training: comparisons and tables only")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="add the runs of these results files (same --work) to --json before the report")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train and score, no comparisons (e.g. several processes on disjoint seeds, each with "
+                             "its own --json, reported together later)")
     args = parser.parse_args(argv)
     bench = Bench(args)
     print("\n".join([f"preset: {bench.preset.name}", *bench.preset.notes]), flush=True)
     if not args.report_only:
         for part in args.parts:
             getattr(bench, part)(args.pseudo_seeds if part in ("pseudo", "noise") else args.seeds)
+    if args.train_only:
+        return bench.results
     bench.mfcc()  # the baseline (no training), also for a report
     compare(bench, args.seeds, args.pseudo_seeds)
     if args.results_md:
