@@ -158,7 +158,10 @@ class Bench:
         for other in args.merge or []:  # runs of other processes (disjoint seeds, one work folder)
             merged = json.loads(Path(other).read_text())
             for key in ("runs", "clustering"):
-                self.results[key].update(merged.get(key, {}))
+                for name, entry in merged.get(key, {}).items():
+                    mine = self.results[key].get(name)
+                    if mine is None or (mine.get("commit") is None and entry.get("commit") is not None):
+                        self.results[key][name] = entry  # the entry of the process that trained it
         corpus = measure_corpus(args.data)
         self.preset = small_data_preset(corpus)
         self.finetune = small_data_finetune_preset(corpus)
