@@ -26,7 +26,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	@command -v espeak-ng >/dev/null || apt-get install -y -q espeak-ng >/dev/null || \
 	    (apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

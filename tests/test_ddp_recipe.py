@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from sb_sphereface2.models.head import SphereFace2Head
@@ -35,6 +36,7 @@ def _epochs(out):
     return [int(line.split(",")[0].split(":")[1]) for line in lines if line.startswith("epoch:")]
 
 
+@pytest.mark.slow
 def test_torchrun_sharded_head_trains_saves_full_head_and_resumes(tmp_path):
     from tools.synthetic_corpus import make_espeak_corpus
 

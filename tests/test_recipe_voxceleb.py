@@ -126,6 +126,7 @@ def test_training_writes_an_averaged_model_folder(stage1):
     assert test_speakers and not any(f",{spk}," in train_csv for spk in test_speakers)
 
 
+@pytest.mark.slow
 def test_finetune_and_score(stage1, librispeech_voxceleb_tree, tmp_path):
     tree = librispeech_voxceleb_tree
     trials = "[" + ",".join(str(p) for p in tree.trial_lists) + "]"
@@ -161,6 +162,7 @@ def test_finetune_and_score(stage1, librispeech_voxceleb_tree, tmp_path):
     assert (scores / "asnorm" / "det.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_kill_and_rerun_resumes(librispeech_voxceleb_tree, tmp_path):
     """SIGKILL during epoch 2 of 3; the same command again continues from epoch 1's
     checkpoint and finishes, the margin and lr schedules where they stopped."""
