@@ -560,13 +560,17 @@ def main(argv=None):
                         help="the class-wise noise levels of the noise part")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per training run")
     parser.add_argument("--results-md", help="rewrite the generated part of this file (e.g. RESULTS.md)")
-    parser.add_argument("--report-only", action="store_true", help="no training: comparisons and tables only")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--report-only", action="store_true", help="no training: comparisons and tables only")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="add the runs of these results files (same --work) to --json before the report")
-    parser.add_argument("--train-only", action="store_true",
+    only.add_argument("--train-only", action="store_true",
                         help="train and score, no comparisons (e.g. several processes on disjoint seeds, each with "
                              "its own --json, reported together later)")
     args = parser.parse_args(argv)
+    for other in args.merge or []:
+        if not os.path.isfile(other):
+            parser.error(f"--merge: results file not found: {other}")
     bench = Bench(args)
     print("\n".join([f"preset: {bench.preset.name}", *bench.preset.notes]), flush=True)
     if not args.report_only:
